@@ -1,0 +1,262 @@
+--- loom: a parallel executor for Lua 5.4.
+-- The blocking primitives (submit, waiting on futures, channels, the
+-- value copier) are in C (`loom.core`); the conveniences that read better
+-- in Lua (option parsing, `map`, `as_completed`, `wait`) are here.
+local core = require "loom.core"
+
+local type, select, error, pairs, ipairs = type, select, error, pairs, ipairs
+local math_type, huge = math.type, math.huge
+local table_pack, table_unpack = table.pack, table.unpack
+local clock = core.clock
+
+local loom = {
+  FIRST_COMPLETED = "first_completed",
+  FIRST_EXCEPTION = "first_exception",
+  ALL_COMPLETED = "all_completed",
+  channel = core.channel,
+  cpu_count = core.cpu_count,
+  encode = core.encode,
+  decode = core.decode,
+  Error = core.Error,
+}
+
+local function raise(kind, message)
+  error(core.error(kind, message), 2)
+end
+
+local function argerror(n, fname, msg)
+  error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+end
+
+local function check_timeout(t, n, fname)
+  if t == nil then return nil end
+  if type(t) ~= "number" then
+    argerror(n, fname, "number expected, got " .. type(t))
+  end
+  if t ~= t then argerror(n, fname, "timeout is NaN") end
+  return t
+end
+
+--- loom.executor([opts]) -> executor
+-- opts: a number (= workers) or a table {workers, init, init_args, name}.
+function loom.executor(opts)
+  if opts == nil then opts = {}
+  elseif type(opts) == "number" then opts = { workers = opts }
+  elseif type(opts) ~= "table" then
+    argerror(1, "executor", "table or number expected, got " .. type(opts))
+  end
+  local workers = opts.workers
+  if workers == nil then workers = core.cpu_count() end
+  if math_type(workers) ~= "integer" then
+    if type(workers) == "number" and workers == math.floor(workers)
+       and workers >= 1 and workers < 4097 then
+      workers = math.tointeger(workers)
+    else
+      argerror(1, "executor", "workers must be an integer >= 1, got "
+               .. tostring(workers))
+    end
+  end
+  if workers < 1 then
+    argerror(1, "executor", "workers must be an integer >= 1, got "
+             .. tostring(workers))
+  end
+  if opts.init ~= nil and type(opts.init) ~= "function" then
+    argerror(1, "executor", "init must be a function, got " .. type(opts.init))
+  end
+  if opts.init_args ~= nil and type(opts.init_args) ~= "table" then
+    argerror(1, "executor", "init_args must be a table, got "
+             .. type(opts.init_args))
+  end
+  if opts.name ~= nil and type(opts.name) ~= "string" then
+    argerror(1, "executor", "name must be a string, got " .. type(opts.name))
+  end
+  return core.executor(workers, opts.name, opts.init, opts.init_args)
+end
+
+-- Unique futures of a sequence, in their first order.
+local function distinct(futures, fname)
+  if type(futures) ~= "table" then
+    argerror(1, fname, "table expected, got " .. type(futures))
+  end
+  local list, seen = {}, {}
+  for i = 1, #futures do
+    local f = futures[i]
+    if getmetatable(f) == nil or not pcall(f.done, f) then
+      argerror(1, fname, ("element #%d is not a future"):format(i))
+    end
+    if not seen[f] then
+      seen[f] = true
+      list[#list + 1] = f
+    end
+  end
+  return list
+end
+
+--- loom.as_completed(futures [, timeout]) -> iterator over futures
+function loom.as_completed(futures, timeout)
+  local list = distinct(futures, "as_completed")
+  timeout = check_timeout(timeout, 2, "as_completed")
+  local deadline = timeout and clock() + timeout
+  local watch = core.watch(list)
+  local yielded = 0
+  return function()
+    if yielded == #list then
+      watch:close()
+      return nil
+    end
+    local left = deadline and deadline - clock()
+    if left and left < 0 then left = 0 end
+    local i = watch:next(left)
+    if not i then
+      watch:close()
+      raise("timeout", ("%d (of %d) futures unfinished")
+            :format(#list - yielded, #list))
+    end
+    yielded = yielded + 1
+    return list[i]
+  end
+end
+
+--- loom.wait(futures [, opts]) -> done, not_done
+function loom.wait(futures, opts)
+  local list = distinct(futures, "wait")
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(2, "wait", "table expected, got " .. type(opts))
+  end
+  opts = opts or {}
+  local timeout = check_timeout(opts.timeout, 2, "wait")
+  local when = opts.return_when or loom.ALL_COMPLETED
+  if when ~= loom.ALL_COMPLETED and when ~= loom.FIRST_COMPLETED
+     and when ~= loom.FIRST_EXCEPTION then
+    argerror(2, "wait", "bad return_when '" .. tostring(when) .. "'")
+  end
+  local deadline = timeout and clock() + timeout
+  local watch = core.watch(list)
+  local isdone, ndone, failed = {}, 0, false
+  while ndone < #list do
+    -- take everything already done, then decide whether to block
+    local i = watch:next(0)
+    if i then
+      isdone[i] = true
+      ndone = ndone + 1
+      if list[i]:_failed() then failed = true end
+    else
+      if when == loom.FIRST_COMPLETED and ndone > 0 then break end
+      if when == loom.FIRST_EXCEPTION and failed then break end
+      local left = deadline and deadline - clock()
+      if left and left <= 0 then break end
+      i = watch:next(left)
+      if not i then break end
+      isdone[i] = true
+      ndone = ndone + 1
+      if list[i]:_failed() then failed = true end
+    end
+  end
+  watch:close()
+  core.run_callbacks()
+  local done, not_done = {}, {}
+  for i, f in ipairs(list) do
+    if isdone[i] then done[#done + 1] = f else not_done[#not_done + 1] = f end
+  end
+  return done, not_done
+end
+
+-- Runs a chunk of calls in a worker: for a map with chunksize > 1.
+-- Returns {n = count, [k] = packed results}, and, if call k raised,
+-- k and the error value and its traceback.
+local function run_chunk(fn, calls)
+  local out = {}
+  for k = 1, #calls do
+    local args = calls[k]
+    local tb
+    local r = table.pack(xpcall(fn, function(e)
+      tb = debug.traceback(tostring(e), 2)
+      return e
+    end, table.unpack(args, 1, args.n)))
+    if not r[1] then
+      return out, k, r[2], tb
+    end
+    out[k] = r
+  end
+  return out
+end
+
+local Executor = core.Executor
+
+--- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =}
+-- Submits every call at once; iterates i, results... in input order.
+function Executor:map(fn, ...)
+  local seqs, timeout, chunksize
+  if type(fn) == "table" and getmetatable(fn) == nil then
+    local o = fn
+    fn = o[1]
+    seqs = table_pack(table_unpack(o, 2, #o))
+    timeout = check_timeout(o.timeout, 1, "map")
+    chunksize = o.chunksize
+    if chunksize ~= nil and (math_type(chunksize) ~= "integer"
+                             or chunksize < 1) then
+      argerror(1, "map", "chunksize must be an integer >= 1")
+    end
+  else
+    seqs = table_pack(...)
+  end
+  chunksize = chunksize or 1
+  if type(fn) ~= "function" then
+    argerror(1, "map", "function expected, got " .. type(fn))
+  end
+  if seqs.n == 0 then argerror(2, "map", "table expected, got no value") end
+  local n = huge
+  for s = 1, seqs.n do
+    if type(seqs[s]) ~= "table" then
+      argerror(s + 1, "map", "table expected, got " .. type(seqs[s]))
+    end
+    local len = #seqs[s]
+    if len < n then n = len end
+  end
+  local deadline = timeout and clock() + timeout
+  local nseq = seqs.n
+  local futures = {}
+  local function args_of(i)
+    if nseq == 1 then return seqs[1][i] end
+    local a = {}
+    for s = 1, nseq do a[s] = seqs[s][i] end
+    return table_unpack(a, 1, nseq)
+  end
+  if chunksize == 1 then
+    for i = 1, n do futures[i] = self:submit(fn, args_of(i)) end
+  else
+    for c = 1, math.ceil(n / chunksize) do
+      local calls = {}
+      for i = (c - 1) * chunksize + 1, math.min(c * chunksize, n) do
+        calls[#calls + 1] = table_pack(args_of(i))
+      end
+      futures[c] = self:submit(run_chunk, fn, calls)
+    end
+  end
+  local closer = setmetatable({}, { __close = function()
+    for _, f in ipairs(futures) do f:cancel() end
+  end })
+  local i, chunk, chunk_index, fail_k, fail_err = 0, nil, 0, nil, nil
+  local function step()
+    if i >= n then return nil end
+    i = i + 1
+    local left = deadline and deadline - clock()
+    if left and left < 0 then left = 0 end
+    if chunksize == 1 then
+      local f = futures[i]
+      return i, f:result(left)
+    end
+    local c = (i - 1) // chunksize + 1
+    if c ~= chunk_index then
+      chunk, fail_k, fail_err = futures[c]:result(left)
+      chunk_index = c
+    end
+    local k = i - (c - 1) * chunksize
+    if fail_k and k >= fail_k then error(fail_err, 0) end
+    local r = chunk[k]
+    return i, table_unpack(r, 2, r.n)
+  end
+  return step, nil, nil, closer
+end
+
+return loom

@@ -1,0 +1,132 @@
+/*
+** future.c -- futures and the waiters that block on them.
+**
+** A future is shared by the caller's userdata and, while queued or
+** running, by the pool: both hold a reference.  Its state moves
+** PENDING -> RUNNING -> FINISHED, or PENDING -> CANCELLED, always under
+** pool->mu, and is also readable without the lock (an atomic), which
+** lets result() skip all locking once the future is done.
+**
+** Waiting: a thread that waits on one future or many builds a waiter on
+** its C stack and links it into each future's waiter list (under that
+** future's pool->mu).  Completion fires every linked waiter, so a result
+** is never lost between the check and the sleep: the check and the
+** linking happen under the same pool lock as the completion.
+** Lock order: pool->mu, then waiter->mu.
+*/
+#include <errno.h>
+#include <time.h>
+
+#include "loom.h"
+#include <string.h>
+
+void loom_deadline(struct timespec *ts, double secs) {
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  if (secs > 1e9) secs = 1e9;   /* far enough: avoids time_t overflow */
+  ts->tv_sec += (time_t)secs;
+  ts->tv_nsec += (long)((secs - (double)(time_t)secs) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+loom_future *loom_future_new(loom_msg *task) {
+  loom_future *f = (loom_future *)loom_malloc(sizeof *f);
+  if (f == NULL) return NULL;
+  memset(f, 0, sizeof *f);
+  atomic_init(&f->refs, 1);
+  atomic_init(&f->state, LOOM_PENDING);
+  f->task = task;
+  return f;
+}
+
+void loom_future_incref(loom_future *f) {
+  atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+}
+
+void loom_future_decref(loom_future *f) {
+  if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  loom_msg_free(f->task);
+  loom_msg_free(f->result);
+  loom_free(f->errmsg);
+  if (f->pool) loom_pool_decref(f->pool);
+  loom_free(f);
+}
+
+int loom_future_isdone(loom_future *f) {
+  int s = atomic_load_explicit(&f->state, memory_order_acquire);
+  return s == LOOM_FINISHED || s == LOOM_CANCELLED;
+}
+
+void loom_waiter_init(loom_waiter *w) {
+  pthread_condattr_t ca;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  w->fired = 0;
+  w->q = NULL;
+  w->qn = w->qcap = 0;
+}
+
+void loom_waiter_destroy(loom_waiter *w) {
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+
+int loom_future_watch(loom_future *f, loom_wlink *l, loom_waiter *w) {
+  pthread_mutex_t *mu = &f->pool->mu;
+  pthread_mutex_lock(mu);
+  if (loom_future_isdone(f)) {
+    pthread_mutex_unlock(mu);
+    l->w = NULL;
+    return 1;
+  }
+  l->w = w;
+  l->prev = NULL;
+  l->next = f->waiters;
+  if (f->waiters) f->waiters->prev = l;
+  f->waiters = l;
+  pthread_mutex_unlock(mu);
+  return 0;
+}
+
+void loom_future_unwatch(loom_future *f, loom_wlink *l) {
+  pthread_mutex_t *mu = &f->pool->mu;
+  if (l->w == NULL) return;
+  pthread_mutex_lock(mu);
+  if (l->prev) l->prev->next = l->next;
+  else f->waiters = l->next;
+  if (l->next) l->next->prev = l->prev;
+  pthread_mutex_unlock(mu);
+  l->w = NULL;
+}
+
+int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline) {
+  int fired;
+  pthread_mutex_lock(&w->mu);
+  while (!w->fired) {
+    if (deadline == NULL) pthread_cond_wait(&w->cv, &w->mu);
+    else if (pthread_cond_timedwait(&w->cv, &w->mu, deadline) == ETIMEDOUT)
+      break;
+  }
+  fired = w->fired;
+  pthread_mutex_unlock(&w->mu);
+  return fired;
+}
+
+void loom_future_complete_locked(loom_future *f, int state) {
+  loom_wlink *l;
+  atomic_store_explicit(&f->state, state, memory_order_release);
+  for (l = f->waiters; l != NULL; l = l->next) {
+    loom_waiter *w = l->w;
+    pthread_mutex_lock(&w->mu);
+    w->fired++;
+    if (w->q != NULL && w->qn < w->qcap) w->q[w->qn++] = l->idx;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+  }
+}

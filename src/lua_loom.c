@@ -1,0 +1,1039 @@
+/*
+** lua_loom.c -- the Lua binding: luaopen_loom_core.
+**
+** Per state that loads the module there is one module record (a
+** userdata, upvalue 1 of every function here).  It remembers the pools
+** and channels this state created, so that when the state closes it can
+** close those channels (waking tasks blocked on them) and join every
+** worker before the library can be unloaded.  Its uservalue holds the
+** done callbacks still to run.
+**
+** Handles are created already "closed" (NULL) and filled in after the
+** last call that could raise, so a Lua error never leaks a C object.
+*/
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lualib.h"
+#include "loom.h"
+
+#define LOOM_MODULE  "loom.Module"
+#define LOOM_WATCHER "loom.Watcher"
+
+/* --------------------------------------------------------- module record */
+
+typedef struct mstate {
+  loom_pool **pools;       /* created here and not yet joined; one ref each */
+  int npools, cappools;
+  loom_chan **chans;       /* created here; one ref each (pruned) */
+  int nchans, capchans, prunechans;
+  int ncallbacks;          /* futures with callbacks still to run */
+  int closed;
+} mstate;
+
+#define getmstate(L) ((mstate *)lua_touserdata(L, lua_upvalueindex(1)))
+
+static int grow(void **arr, int *cap, size_t elem) {
+  int ncap = *cap ? *cap * 2 : 8;
+  void *n = loom_realloc(*arr, elem * (size_t)ncap);
+  if (n == NULL) return 0;
+  *arr = n;
+  *cap = ncap;
+  return 1;
+}
+
+/* Join and drop pools whose workers have all exited. */
+static void prune_pools(mstate *ms) {
+  int i, j = 0;
+  for (i = 0; i < ms->npools; i++) {
+    loom_pool *p = ms->pools[i];
+    int done;
+    pthread_mutex_lock(&p->mu);
+    done = p->joined || (p->stopping && p->nexited == p->nstarted);
+    pthread_mutex_unlock(&p->mu);
+    if (done) {
+      loom_pool_join(p);
+      loom_pool_decref(p);
+    }
+    else ms->pools[j++] = p;
+  }
+  ms->npools = j;
+}
+
+static void prune_chans(mstate *ms) {
+  int i, j = 0;
+  for (i = 0; i < ms->nchans; i++) {
+    loom_chan *c = ms->chans[i];
+    if (atomic_load(&c->refs) == 1) loom_chan_decref(c);  /* only ours */
+    else ms->chans[j++] = c;
+  }
+  ms->nchans = j;
+  ms->prunechans = j * 2 + 16;
+}
+
+/* At lua_close (or collection of the record): close, then join. */
+static int module_gc(lua_State *L) {
+  mstate *ms = (mstate *)lua_touserdata(L, 1);
+  int i;
+  if (ms->closed) return 0;
+  ms->closed = 1;
+  for (i = 0; i < ms->nchans; i++) loom_chan_close(ms->chans[i]);
+  for (i = 0; i < ms->npools; i++) loom_pool_shutdown(ms->pools[i], 0);
+  for (i = 0; i < ms->npools; i++) {
+    loom_pool_join(ms->pools[i]);
+    loom_pool_decref(ms->pools[i]);
+  }
+  for (i = 0; i < ms->nchans; i++) loom_chan_decref(ms->chans[i]);
+  loom_free(ms->pools);
+  loom_free(ms->chans);
+  ms->pools = NULL;
+  ms->chans = NULL;
+  ms->npools = ms->nchans = 0;
+  return 0;
+}
+
+/* ------------------------------------------------------------- helpers */
+
+/* Optional timeout at idx: <0 forever (absent/nil), else seconds >= 0. */
+static double opttimeout(lua_State *L, int idx) {
+  lua_Number t;
+  if (lua_isnoneornil(L, idx)) return -1;
+  t = luaL_checknumber(L, idx);
+  luaL_argcheck(L, t == t, idx, "timeout is NaN");
+  return t < 0 ? 0 : t;
+}
+
+static void warn_error(lua_State *L, const char *what) {
+  const char *msg = luaL_tolstring(L, -1, NULL);
+  lua_warning(L, what, 1);
+  lua_warning(L, msg, 0);
+  lua_pop(L, 1);
+}
+
+/* ------------------------------------------------------------- futures */
+
+typedef struct fhandle {
+  loom_future *f;
+} fhandle;
+
+static loom_future *checkfuture(lua_State *L, int idx) {
+  fhandle *h = (fhandle *)luaL_checkudata(L, idx, LOOM_FUTURE);
+  if (h->f == NULL) luaL_argerror(L, idx, "future is not initialised");
+  return h->f;
+}
+
+static int future_gc(lua_State *L) {
+  fhandle *h = (fhandle *)luaL_checkudata(L, 1, LOOM_FUTURE);
+  if (h->f) loom_future_decref(h->f);
+  h->f = NULL;
+  return 0;
+}
+
+/*
+** Run the done callbacks of every done future of this state.  The
+** pending ones live in the module record's uservalue: a table
+** future -> {fn, ...}.  Errors go to warn.
+*/
+static int call_callbacks_k(lua_State *L);
+static void run_callbacks(lua_State *L) {
+  mstate *ms = getmstate(L);
+  int top, list, n = 0, i;
+  if (ms->ncallbacks == 0) return;
+  top = lua_gettop(L);
+  luaL_checkstack(L, 8, NULL);
+  lua_getiuservalue(L, lua_upvalueindex(1), 1);   /* pending */
+  lua_newtable(L);                                /* ready futures */
+  list = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, list - 1)) {
+    fhandle *h = (fhandle *)lua_touserdata(L, -2);
+    lua_pop(L, 1);
+    if (h && h->f && loom_future_isdone(h->f)) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, list, ++n);
+    }
+  }
+  for (i = 1; i <= n; i++) {   /* detach first: a callback may add more */
+    lua_rawgeti(L, list, i);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, list - 1);
+    lua_pushvalue(L, -2);
+    lua_pushnil(L);
+    lua_rawset(L, list - 1);
+    ms->ncallbacks--;
+    lua_pushcfunction(L, call_callbacks_k);
+    lua_insert(L, -3);        /* fn, future, callbacks */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      warn_error(L, "loom: done callback failed: ");
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
+}
+
+/* [1] future, [2] callbacks: run each, in order, warning on errors. */
+static int call_callbacks_k(lua_State *L) {
+  lua_Integer i, n = luaL_len(L, 2);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      warn_error(L, "loom: done callback failed: ");
+      lua_pop(L, 1);
+    }
+  }
+  return 0;
+}
+
+static int future_add_done_callback(lua_State *L) {
+  mstate *ms = getmstate(L);
+  loom_future *f = checkfuture(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (loom_future_isdone(f)) {
+    run_callbacks(L);   /* earlier ones first */
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      warn_error(L, "loom: done callback failed: ");
+      lua_pop(L, 1);
+    }
+    return 0;
+  }
+  lua_getiuservalue(L, lua_upvalueindex(1), 1);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+    ms->ncallbacks++;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+  return 0;
+}
+
+/* Wait until f is done or the timeout passes; 1 if done. */
+static int wait_one(loom_future *f, double timeout) {
+  loom_waiter w;
+  loom_wlink l;
+  struct timespec dl;
+  int done, spin;
+  if (loom_future_isdone(f)) return 1;
+  if (timeout == 0) return 0;
+  for (spin = 0; spin < 2000; spin++) {   /* short tasks: skip sleeping */
+    if (loom_future_isdone(f)) return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  if (timeout > 0) loom_deadline(&dl, timeout);
+  loom_waiter_init(&w);
+  l.idx = 0;
+  if (loom_future_watch(f, &l, &w)) done = 1;
+  else {
+    loom_waiter_wait(&w, timeout > 0 ? &dl : NULL);
+    loom_future_unwatch(f, &l);
+    done = loom_future_isdone(f);
+  }
+  loom_waiter_destroy(&w);
+  return done;
+}
+
+static void raise_state(lua_State *L, loom_future *f) {
+  if (atomic_load(&f->state) == LOOM_CANCELLED)
+    loom_raise(L, "cancelled", "the future was cancelled");
+}
+
+/* Push the future's outcome: n results, or (error value, traceback). */
+static int push_outcome(lua_State *L, loom_future *f) {
+  if (f->errkind) {
+    loom_pusherror(L, f->errkind, "%s",
+                   f->errmsg ? f->errmsg : "not enough memory");
+    lua_pushnil(L);
+    return -1;
+  }
+  if (f->result == NULL) return 0;
+  {
+    int n = loom_decode(L, f->result->data, f->result->len, 1, f->result);
+    return f->failed ? -1 : n;
+  }
+}
+
+static void await(lua_State *L, loom_future *f, int tidx) {
+  double t = opttimeout(L, tidx);
+  int done = wait_one(f, t);
+  run_callbacks(L);
+  if (!done) loom_raise(L, "timeout", "the future did not finish in time");
+  raise_state(L, f);
+}
+
+static int future_result(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  int n;
+  await(L, f, 2);
+  lua_settop(L, 1);
+  n = push_outcome(L, f);
+  if (n < 0) {
+    lua_pop(L, 1);
+    return lua_error(L);
+  }
+  return n;
+}
+
+static int future_exception(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  int n;
+  await(L, f, 2);
+  lua_settop(L, 1);
+  if (!f->failed && !f->errkind) {
+    lua_pushnil(L);
+    return 1;
+  }
+  n = push_outcome(L, f);
+  (void)n;
+  return 2;
+}
+
+static int future_cancel(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  lua_pushboolean(L, loom_pool_cancel(f));
+  return 1;
+}
+
+static int future_cancelled(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == LOOM_CANCELLED);
+  return 1;
+}
+
+static int future_running(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == LOOM_RUNNING);
+  return 1;
+}
+
+static int future_done(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  lua_pushboolean(L, loom_future_isdone(f));
+  return 1;
+}
+
+/* true when finished with an error (for wait's FIRST_EXCEPTION) */
+static int future_failed(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == LOOM_FINISHED
+                     && (f->failed || f->errkind != NULL));
+  return 1;
+}
+
+static int future_tostring(lua_State *L) {
+  static const char *const names[] = {
+    "pending", "running", "finished", "cancelled"
+  };
+  loom_future *f = checkfuture(L, 1);
+  lua_pushfstring(L, "loom.Future (%s): %p", names[atomic_load(&f->state)],
+                  (void *)f);
+  return 1;
+}
+
+/* ------------------------------------------------------------ executor */
+
+typedef struct xhandle {
+  loom_pool *pool;
+  int shut;
+} xhandle;
+
+static xhandle *checkexecutor(lua_State *L, int idx) {
+  xhandle *x = (xhandle *)luaL_checkudata(L, idx, LOOM_EXECUTOR);
+  if (x->pool == NULL) luaL_argerror(L, idx, "executor is not initialised");
+  return x;
+}
+
+/* core.executor(workers, name, init, init_args) */
+static int executor_new(lua_State *L) {
+  mstate *ms = getmstate(L);
+  loom_pool_config cfg;
+  xhandle *x;
+  const char *err;
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "workers must be in 1..4096");
+  cfg.workers = (int)n;
+  cfg.name = luaL_optstring(L, 2, NULL);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 4);
+  x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
+  x->pool = NULL;
+  x->shut = 0;
+  luaL_setmetatable(L, LOOM_EXECUTOR);
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "path");
+    lua_getfield(L, -2, "cpath");
+  }
+  else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  cfg.path = lua_tostring(L, -2);
+  cfg.cpath = lua_tostring(L, -1);
+  if (ms->npools == ms->cappools)
+    if (!grow((void **)&ms->pools, &ms->cappools, sizeof(loom_pool *)))
+      return luaL_error(L, "not enough memory");
+  cfg.init = NULL;
+  if (!lua_isnil(L, 3)) {
+    int k, na = 0, base = lua_gettop(L);
+    lua_pushvalue(L, 3);
+    if (!lua_isnil(L, 4)) {
+      na = (int)luaL_len(L, 4);
+      luaL_checkstack(L, na, "too many init_args");
+      for (k = 1; k <= na; k++) lua_geti(L, 4, k);
+    }
+    cfg.init = loom_encode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0, 1);
+    lua_settop(L, base);
+  }
+  prune_pools(ms);
+  x->pool = loom_pool_new(&cfg, &err);   /* takes cfg.init */
+  if (x->pool == NULL) {
+    loom_msg_free(cfg.init);
+    return luaL_error(L, "cannot create the executor: %s", err);
+  }
+  loom_pool_incref(x->pool);
+  ms->pools[ms->npools++] = x->pool;
+  lua_settop(L, 5);
+  return 1;
+}
+
+static int executor_submit(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  fhandle *h;
+  loom_msg *m;
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (x->shut)
+    return loom_raise(L, "shutdown",
+                      "cannot schedule new futures after shutdown");
+  h = (fhandle *)lua_newuserdatauv(L, sizeof *h, 1);
+  h->f = NULL;
+  luaL_setmetatable(L, LOOM_FUTURE);
+  lua_pushvalue(L, 1);                 /* a future keeps its executor */
+  lua_setiuservalue(L, -2, 1);
+  m = loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1, 1);
+  h->f = loom_future_new(m);
+  if (h->f == NULL) {
+    loom_msg_free(m);
+    return luaL_error(L, "not enough memory");
+  }
+  if (loom_pool_submit(x->pool, h->f) != 0)
+    return loom_raise(L, "shutdown",
+                      "cannot schedule new futures after shutdown");
+  return 1;
+}
+
+static int optfield(lua_State *L, int idx, const char *k, int def) {
+  int r = def;
+  if (lua_getfield(L, idx, k) != LUA_TNIL) {
+    if (!lua_isboolean(L, -1))
+      return luaL_error(L, "bad option '%s' to 'shutdown' (boolean "
+                        "expected, got %s)", k, luaL_typename(L, -1));
+    r = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  return r;
+}
+
+static void do_shutdown(lua_State *L, xhandle *x, int wait, int cancel) {
+  x->shut = 1;
+  loom_pool_shutdown(x->pool, cancel);
+  if (wait) loom_pool_join(x->pool);
+  run_callbacks(L);
+}
+
+static int executor_shutdown(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  int wait = 1, cancel = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    wait = optfield(L, 2, "wait", 1);
+    cancel = optfield(L, 2, "cancel_futures", 0);
+  }
+  do_shutdown(L, x, wait, cancel);
+  return 0;
+}
+
+static int executor_close(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  do_shutdown(L, x, 1, 0);
+  return 0;
+}
+
+/* Collected: stop taking work; the queued tasks still run, and the
+** module record joins the workers (at the latest when the state closes). */
+static int executor_gc(lua_State *L) {
+  xhandle *x = (xhandle *)luaL_checkudata(L, 1, LOOM_EXECUTOR);
+  if (x->pool) {
+    loom_pool_shutdown(x->pool, 0);
+    loom_pool_decref(x->pool);
+    x->pool = NULL;
+  }
+  return 0;
+}
+
+static int executor_workers(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  lua_pushinteger(L, loom_pool_nworkers(x->pool));
+  return 1;
+}
+
+static int executor_tostring(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  lua_pushfstring(L, "loom.Executor (%d workers%s): %p",
+                  loom_pool_nworkers(x->pool), x->shut ? ", shut down" : "",
+                  (void *)x->pool);
+  return 1;
+}
+
+/* ------------------------------------------------------------- watcher */
+
+/*
+** A watcher waits on many futures at once: it registers one link per
+** future, and each completion appends its index to w.q, in order.
+*/
+typedef struct watcher {
+  loom_waiter w;
+  int n, qhead, live;
+  loom_future **fs;
+  loom_wlink *links;
+} watcher;
+
+static void watcher_release(watcher *wt) {
+  int i;
+  if (!wt->live) return;
+  for (i = 0; i < wt->n; i++) {
+    if (wt->fs[i] == NULL) continue;
+    loom_future_unwatch(wt->fs[i], &wt->links[i]);
+    loom_future_decref(wt->fs[i]);
+    wt->fs[i] = NULL;
+  }
+  loom_waiter_destroy(&wt->w);
+  wt->live = 0;
+}
+
+static int watcher_gc(lua_State *L) {
+  watcher_release((watcher *)luaL_checkudata(L, 1, LOOM_WATCHER));
+  return 0;
+}
+
+/* core.watch({future, ...}) */
+static int watch_new(lua_State *L) {
+  lua_Integer n, i;
+  watcher *wt;
+  size_t sz;
+  char *mem;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = luaL_len(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 10000000, 1, "too many futures");
+  for (i = 1; i <= n; i++) {
+    lua_geti(L, 1, i);
+    checkfuture(L, -1);
+    lua_pop(L, 1);
+  }
+  sz = sizeof(watcher) + (size_t)n * (sizeof(loom_future *)
+       + sizeof(loom_wlink) + sizeof(int));
+  mem = (char *)lua_newuserdatauv(L, sz, 0);
+  wt = (watcher *)mem;
+  wt->live = 0;
+  luaL_setmetatable(L, LOOM_WATCHER);
+  wt->n = (int)n;
+  wt->qhead = 0;
+  wt->links = (loom_wlink *)(mem + sizeof(watcher));
+  wt->fs = (loom_future **)(wt->links + n);
+  loom_waiter_init(&wt->w);
+  wt->w.q = (int *)(wt->fs + n);
+  wt->w.qcap = (int)n;
+  for (i = 0; i < n; i++) wt->fs[i] = NULL;
+  wt->live = 1;
+  /* no Lua call may raise from here until every link is made */
+  for (i = 0; i < n; i++) {
+    loom_future *f;
+    lua_geti(L, 1, i + 1);
+    f = ((fhandle *)lua_touserdata(L, -1))->f;
+    lua_pop(L, 1);
+    loom_future_incref(f);
+    wt->fs[i] = f;
+    wt->links[i].idx = (int)i;
+    if (f->pool == NULL || loom_future_watch(f, &wt->links[i], &wt->w)) {
+      pthread_mutex_lock(&wt->w.mu);   /* done already: queue it now */
+      wt->w.q[wt->w.qn++] = (int)i;
+      pthread_mutex_unlock(&wt->w.mu);
+    }
+  }
+  return 1;
+}
+
+/* w:next([timeout]) -> index of the next completed future, or nil */
+static int watch_next(lua_State *L) {
+  watcher *wt = (watcher *)luaL_checkudata(L, 1, LOOM_WATCHER);
+  double t = opttimeout(L, 2);
+  struct timespec dl;
+  int idx = -1;
+  if (!wt->live) return 0;
+  if (t > 0) loom_deadline(&dl, t);
+  pthread_mutex_lock(&wt->w.mu);
+  for (;;) {
+    if (wt->qhead < wt->w.qn) {
+      idx = wt->w.q[wt->qhead++];
+      break;
+    }
+    if (wt->qhead >= wt->n || t == 0) break;
+    if (t < 0) pthread_cond_wait(&wt->w.cv, &wt->w.mu);
+    else if (pthread_cond_timedwait(&wt->w.cv, &wt->w.mu, &dl) == ETIMEDOUT
+             && wt->qhead >= wt->w.qn)
+      break;
+  }
+  pthread_mutex_unlock(&wt->w.mu);
+  run_callbacks(L);
+  if (idx < 0) return 0;
+  lua_pushinteger(L, idx + 1);
+  return 1;
+}
+
+/* ------------------------------------------------------------- channels */
+
+typedef struct chandle {
+  loom_chan *c;
+} chandle;
+
+loom_chan *loom_tochannel(lua_State *L, int idx) {
+  chandle *h = (chandle *)luaL_testudata(L, idx, LOOM_CHANNEL);
+  return h ? h->c : NULL;
+}
+
+void loom_pushchannel(lua_State *L, loom_chan *c) {
+  chandle *h = (chandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h->c = NULL;
+  luaL_setmetatable(L, LOOM_CHANNEL);
+  loom_chan_incref(c);
+  h->c = c;
+}
+
+static loom_chan *checkchannel(lua_State *L, int idx) {
+  chandle *h = (chandle *)luaL_checkudata(L, idx, LOOM_CHANNEL);
+  if (h->c == NULL) luaL_argerror(L, idx, "channel is not initialised");
+  return h->c;
+}
+
+static int channel_new(lua_State *L) {
+  mstate *ms = getmstate(L);
+  lua_Integer cap = luaL_optinteger(L, 1, 0);
+  chandle *h;
+  luaL_argcheck(L, cap >= 0, 1, "capacity must be >= 0");
+  h = (chandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h->c = NULL;
+  luaL_setmetatable(L, LOOM_CHANNEL);
+  if (ms->nchans >= ms->prunechans) prune_chans(ms);
+  if (ms->nchans == ms->capchans)
+    if (!grow((void **)&ms->chans, &ms->capchans, sizeof(loom_chan *)))
+      return luaL_error(L, "not enough memory");
+  h->c = loom_chan_new((size_t)cap);
+  if (h->c == NULL) return luaL_error(L, "not enough memory");
+  loom_chan_incref(h->c);          /* the module record's reference */
+  ms->chans[ms->nchans++] = h->c;
+  if (ms->closed) loom_chan_close(h->c);
+  return 1;
+}
+
+static int channel_gc(lua_State *L) {
+  chandle *h = (chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
+  if (h->c) loom_chan_decref(h->c);
+  h->c = NULL;
+  return 0;
+}
+
+static int channel_push(lua_State *L) {
+  loom_chan *c = checkchannel(L, 1);
+  loom_msg *m;
+  int r;
+  luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot push nil");
+  lua_settop(L, 2);
+  m = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, 1);
+  r = loom_chan_push(c, m);
+  if (r != 0) {
+    loom_msg_free(m);
+    if (r < 0) return luaL_error(L, "not enough memory");
+    return loom_raise(L, "closed", "the channel is closed");
+  }
+  return 0;
+}
+
+static int channel_pop(lua_State *L) {
+  loom_chan *c = checkchannel(L, 1);
+  double t = opttimeout(L, 2);
+  loom_msg *m = NULL;
+  int r = loom_chan_pop(c, t, &m);
+  if (r != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, r == 1 ? "closed" : "timeout");
+    return 2;
+  }
+  /* decode can raise: keep the message owned by a userdata meanwhile */
+  {
+    loom_msg **box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
+    *box = m;
+    luaL_setmetatable(L, "loom.MsgBox");
+    loom_decode(L, m->data, m->len, 1, m);
+    loom_msg_free(m);
+    *box = NULL;
+  }
+  return 1;
+}
+
+static int msgbox_gc(lua_State *L) {
+  loom_msg **box = (loom_msg **)lua_touserdata(L, 1);
+  loom_msg_free(*box);
+  *box = NULL;
+  return 0;
+}
+
+static int channel_close(lua_State *L) {
+  loom_chan_close(checkchannel(L, 1));
+  return 0;
+}
+
+static int channel_len(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)loom_chan_count(checkchannel(L, 1)));
+  return 1;
+}
+
+static int channel_tostring(lua_State *L) {
+  loom_chan *c = checkchannel(L, 1);
+  lua_pushfstring(L, "loom.Channel (%d waiting): %p",
+                  (int)loom_chan_count(c), (void *)c);
+  return 1;
+}
+
+/* ----------------------------------------------------- encode / decode */
+
+static int l_encode(lua_State *L) {
+  loom_msg *m;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
+  /* pushing the string may fail: own the message meanwhile */
+  {
+    loom_msg **box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
+    *box = m;
+    luaL_setmetatable(L, "loom.MsgBox");
+    lua_pushlstring(L, (const char *)m->data, m->len);
+    loom_msg_free(m);
+    *box = NULL;
+  }
+  return 1;
+}
+
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  int functions = 0, n;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "functions");
+    functions = lua_toboolean(L, -1);
+  }
+  lua_settop(L, 1);
+  n = loom_decode(L, (const unsigned char *)s, len, functions, NULL);
+  if (n != 1)
+    return loom_raise(L, "transfer", "malformed message: %d values, "
+                      "expected 1", n);
+  return 1;
+}
+
+/* ------------------------------------------------ test-only: new state */
+
+/* Protected, in the new state: [1] = message; decode, maybe call,
+** encode the results into a new message (lightuserdata [2] gets it). */
+static int other_state_run(lua_State *L) {
+  loom_msg *in = (loom_msg *)lua_touserdata(L, 1);
+  loom_msg **out = (loom_msg **)lua_touserdata(L, 2);
+  int call = lua_toboolean(L, 3), n;
+  lua_settop(L, 3);
+  n = loom_decode(L, in->data, in->len, 1, in);
+  if (call) {
+    lua_call(L, n - 1, LUA_MULTRET);
+    n = lua_gettop(L) - 3;
+  }
+  *out = loom_encode(L, 4, n, LOOM_AT_RESULT, 0, 1);
+  return 0;
+}
+
+static int in_new_state(lua_State *L, int call) {
+  int n = lua_gettop(L), r;
+  loom_msg *m, *out = NULL;
+  lua_State *L2;
+  loom_msg **box;
+  box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, "loom.MsgBox");
+  m = loom_encode(L, 1, n, LOOM_AT_ARGUMENT, 1, 1);
+  *box = m;
+  L2 = lua_newstate(loom_lua_alloc, NULL);
+  if (L2 == NULL) return luaL_error(L, "cannot create a state");
+  lua_pushcfunction(L2, loom_open_worker_state);
+  r = lua_pcall(L2, 0, 0, 0);
+  if (r == LUA_OK) {
+    lua_pushcfunction(L2, other_state_run);
+    lua_pushlightuserdata(L2, m);
+    lua_pushlightuserdata(L2, &out);
+    lua_pushboolean(L2, call);
+    r = lua_pcall(L2, 3, 0, 0);
+  }
+  if (r != LUA_OK) {   /* copy the error back */
+    lua_pushcfunction(L2, other_state_run);
+    lua_insert(L2, -2);
+    lua_pushlightuserdata(L2, &out);
+    lua_insert(L2, -2);
+    out = loom_encode(L2, -1, 1, LOOM_AT_RESULT, 0, 1);
+  }
+  lua_close(L2);
+  *box = out;
+  loom_msg_free(m);
+  lua_settop(L, n + 1);
+  n = loom_decode(L, out->data, out->len, 1, out);
+  if (r != LUA_OK) return lua_error(L);
+  return n;
+}
+
+static int l_roundtrip(lua_State *L) { return in_new_state(L, 0); }
+static int l_call_in_new_state(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  return in_new_state(L, 1);
+}
+
+/* ---------------------------------------------------------------- misc */
+
+static int l_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+static int l_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  loom_pusherror(L, kind, "%s", msg);
+  return 1;
+}
+
+static int l_run_callbacks(lua_State *L) {
+  run_callbacks(L);
+  return 0;
+}
+
+static int l_failpoint(lua_State *L) {
+  lua_Integer k = luaL_checkinteger(L, 1);
+  static const char *const opts[] = { "lua", "core", "both", NULL };
+  int which = luaL_checkoption(L, 2, "both", opts) + 1;
+  lua_pushinteger(L, loom_failpoint_count());
+  loom_failpoint_arm((long)k, which);
+  return 1;
+}
+
+static int error_tostring(lua_State *L) {
+  lua_getfield(L, 1, "kind");
+  lua_getfield(L, 1, "message");
+  lua_pushfstring(L, "loom.%s: %s", luaL_optstring(L, -2, "error"),
+                  luaL_optstring(L, -1, "?"));
+  return 1;
+}
+
+/* Worker states: os.exit must not end the host; print writes lines. */
+static int worker_exit(lua_State *L) {
+  return luaL_error(L, "os.exit is not allowed in a loom worker");
+}
+
+static int worker_print(lua_State *L) {
+  int n = lua_gettop(L), i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  {
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    fwrite(s, 1, len, stdout);   /* one call: one whole line */
+    fflush(stdout);
+  }
+  return 0;
+}
+
+/* The one exported symbol. */
+#if defined(__GNUC__)
+#define LOOM_EXPORT __attribute__((visibility("default")))
+#else
+#define LOOM_EXPORT
+#endif
+LOOM_EXPORT int luaopen_loom_core(lua_State *L);
+
+int loom_open_worker_state(lua_State *L) {
+  luaL_openlibs(L);
+  loom_cfuncs_init(L);   /* before any user code can change the libs */
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, worker_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, worker_print);
+  lua_setglobal(L, "print");
+  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* ------------------------------------------------------------- opening */
+
+static const luaL_Reg future_methods[] = {
+  {"result", future_result},
+  {"exception", future_exception},
+  {"cancel", future_cancel},
+  {"cancelled", future_cancelled},
+  {"running", future_running},
+  {"done", future_done},
+  {"add_done_callback", future_add_done_callback},
+  {"_failed", future_failed},
+  {NULL, NULL}
+};
+
+static const luaL_Reg executor_methods[] = {
+  {"submit", executor_submit},
+  {"shutdown", executor_shutdown},
+  {"close", executor_close},
+  {"workers", executor_workers},
+  {NULL, NULL}
+};
+
+static const luaL_Reg channel_methods[] = {
+  {"push", channel_push},
+  {"pop", channel_pop},
+  {"close", channel_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg watcher_methods[] = {
+  {"next", watch_next},
+  {"close", watcher_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg funcs[] = {
+  {"executor", executor_new},
+  {"channel", channel_new},
+  {"watch", watch_new},
+  {"encode", l_encode},
+  {"decode", l_decode},
+  {"cpu_count", l_cpu_count},
+  {"clock", l_clock},
+  {"error", l_error},
+  {"run_callbacks", l_run_callbacks},
+  {"_roundtrip", l_roundtrip},
+  {"_call_in_new_state", l_call_in_new_state},
+  {"_failpoint", l_failpoint},
+  {NULL, NULL}
+};
+
+/* Make metatable 'name' with methods (upvalue: module record at -2...). */
+static void newclass(lua_State *L, const char *name, const luaL_Reg *m,
+                     lua_CFunction gc, lua_CFunction tostr, int ms) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  lua_pushvalue(L, ms);
+  luaL_setfuncs(L, m, 1);
+  lua_setfield(L, -2, "__index");
+  if (gc) {
+    lua_pushvalue(L, ms);
+    lua_pushcclosure(L, gc, 1);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (tostr) {
+    lua_pushvalue(L, ms);
+    lua_pushcclosure(L, tostr, 1);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}
+
+LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
+  mstate *ms;
+  int msi;
+  /* one module record per state, however often the module is opened */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE) == LUA_TNIL) {
+    lua_pop(L, 1);
+    ms = (mstate *)lua_newuserdatauv(L, sizeof *ms, 1);
+    memset(ms, 0, sizeof *ms);
+    ms->prunechans = 16;
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 1);
+    lua_newtable(L);
+    lua_pushcfunction(L, module_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOOM_MODULE);
+  }
+  msi = lua_gettop(L);
+  newclass(L, LOOM_FUTURE, future_methods, future_gc, future_tostring, msi);
+  newclass(L, LOOM_EXECUTOR, executor_methods, executor_gc,
+           executor_tostring, msi);
+  luaL_getmetatable(L, LOOM_EXECUTOR);
+  lua_pushvalue(L, msi);
+  lua_pushcclosure(L, executor_close, 1);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  newclass(L, LOOM_CHANNEL, channel_methods, channel_gc, channel_tostring,
+           msi);
+  luaL_getmetatable(L, LOOM_CHANNEL);
+  lua_pushcfunction(L, channel_len);
+  lua_setfield(L, -2, "__len");
+  lua_pop(L, 1);
+  newclass(L, LOOM_WATCHER, watcher_methods, watcher_gc, NULL, msi);
+  luaL_newmetatable(L, "loom.MsgBox");
+  lua_pushcfunction(L, msgbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, LOOM_ERROR);
+  lua_pushcfunction(L, error_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  luaL_newlibtable(L, funcs);
+  lua_pushvalue(L, msi);
+  luaL_setfuncs(L, funcs, 1);
+  luaL_getmetatable(L, LOOM_EXECUTOR);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "Executor");      /* so loom/init.lua can add map */
+  lua_pop(L, 1);
+  luaL_getmetatable(L, LOOM_FUTURE);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "Future");
+  lua_pop(L, 1);
+  luaL_getmetatable(L, LOOM_ERROR);
+  lua_setfield(L, -2, "Error");
+  return 1;
+}

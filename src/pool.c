@@ -1,0 +1,396 @@
+/*
+** pool.c -- the task queue and the worker threads.
+**
+** Design (after libuv's threadpool): one mutex (pool->mu) and one
+** condition variable (pool->work).  A worker loops with the lock held,
+** sleeping while the queue is empty; a submit signals only when a worker
+** is idle.  Shutdown sets 'stopping' and wakes everyone; workers drain
+** the queue and exit; join waits for all of them.
+**
+** Each worker owns one lua_State, created and closed on its own thread;
+** no other thread ever touches it.  All Lua work on a worker runs inside
+** lua_pcall, and no Lua call is made with pool->mu held.
+**
+** References: the executor userdata, every future, and the module record
+** of the creating state (until it joins the workers) each hold one.
+*/
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lualib.h"
+#include "loom.h"
+
+#define WORKER_STACK (4u << 20)
+
+char *loom_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = (char *)loom_malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+void loom_pool_incref(loom_pool *p) {
+  atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+}
+
+void loom_pool_decref(loom_pool *p) {
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  /* the workers were joined before the module record let go */
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->work);
+  loom_msg_free(p->init);
+  loom_free(p->broken);
+  loom_free(p->threads);
+  loom_free(p->name);
+  loom_free(p->path);
+  loom_free(p->cpath);
+  loom_free(p);
+}
+
+int loom_pool_nworkers(loom_pool *p) { return p->nworkers; }
+
+/* Fail a future with a loom condition; called with p->mu held. */
+static void fail_locked(loom_future *f, const char *kind, const char *msg) {
+  f->errkind = kind;
+  f->errmsg = loom_strdup(msg);   /* NULL (out of memory) is reported */
+  loom_future_complete_locked(f, LOOM_FINISHED);
+}
+
+/* ------------------------------------------------------------- a worker */
+
+/* The traceback of the last task error, kept by the message handler. */
+#define TRACEBACK_KEY "loom.traceback"
+
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) msg = luaL_typename(L, 1);
+  luaL_traceback(L, L, msg, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* Protected: [1] = future, [2] = error value, [3] = traceback. */
+static int send_error(lua_State *L) {
+  loom_future *f = (loom_future *)lua_touserdata(L, 1);
+  f->result = loom_encode(L, 2, 2, LOOM_AT_VALUE, 0, 1);
+  return 0;
+}
+
+/*
+** Run one task.  Protected: stack [1] = lightuserdata future.
+** Leaves f->result/f->failed set, or raises (the caller turns that into
+** a loom condition on the future).
+*/
+static int run_task(lua_State *L) {
+  loom_future *f = (loom_future *)lua_touserdata(L, 1);
+  int n, base, st;
+  lua_pushcfunction(L, msghandler);          /* 2 */
+  base = lua_gettop(L);
+  n = loom_decode(L, f->task->data, f->task->len, 1, f->task);
+  loom_msg_free(f->task);                    /* the copy is made */
+  f->task = NULL;
+  if (n < 1 || !lua_isfunction(L, base + 1))
+    return luaL_error(L, "malformed task");
+  st = lua_pcall(L, n - 1, LUA_MULTRET, 2);
+  if (st == LUA_OK) {
+    f->result = loom_encode(L, base + 1, lua_gettop(L) - base,
+                            LOOM_AT_RESULT, 0, 1);
+    return 0;
+  }
+  /* the error value is at the top: send it and the traceback */
+  lua_getfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  if (!lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushstring(L, "(no traceback)");
+  }
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  f->failed = 1;
+  st = lua_gettop(L);
+  lua_pushcfunction(L, send_error);
+  lua_pushlightuserdata(L, f);
+  lua_pushvalue(L, st - 1);
+  lua_pushvalue(L, st);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    /* the error value cannot be copied: send its string form */
+    lua_pop(L, 1);
+    luaL_tolstring(L, st - 1, NULL);
+    lua_pushvalue(L, st);
+    f->result = loom_encode(L, -2, 2, LOOM_AT_VALUE, 0, 1);
+  }
+  return 0;
+}
+
+static void worker_run(lua_State *L, loom_future *f) {
+  int st;
+  lua_settop(L, 0);
+  lua_pushcfunction(L, run_task);
+  lua_pushlightuserdata(L, f);
+  st = lua_pcall(L, 1, 0, 0);
+  if (st == LUA_OK) return;
+  /* The task could not start, or its results could not be copied. */
+  loom_msg_free(f->result);
+  f->result = NULL;
+  f->failed = 0;
+  if (lua_istable(L, -1)) {   /* a loom condition, e.g. transfer */
+    lua_getfield(L, -1, "message");
+    f->errkind = "transfer";
+    f->errmsg = loom_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1)
+                                                : "cannot copy the results");
+  }
+  else {   /* out of memory, most likely: report Lua's message */
+    const char *msg = lua_tostring(L, -1);
+    f->errkind = st == LUA_ERRMEM ? "memory" : "transfer";
+    f->errmsg = loom_strdup(msg ? msg : "task failed");
+  }
+  lua_settop(L, 0);
+}
+
+typedef struct worker_arg {
+  loom_pool *pool;
+  int index;
+} worker_arg;
+
+/* Protected: set the worker's state up and run init.  [1] = pool. */
+static int worker_setup(lua_State *L) {
+  loom_pool *p = (loom_pool *)lua_touserdata(L, 1);
+  int n;
+  loom_open_worker_state(L);
+  lua_getglobal(L, "package");
+  if (p->path) {
+    lua_pushstring(L, p->path);
+    lua_setfield(L, -2, "path");
+  }
+  if (p->cpath) {
+    lua_pushstring(L, p->cpath);
+    lua_setfield(L, -2, "cpath");
+  }
+  lua_pop(L, 1);
+  if (p->init) {
+    lua_settop(L, 1);
+    lua_pushcfunction(L, msghandler);
+    n = loom_decode(L, p->init->data, p->init->len, 1, p->init);
+    if (lua_pcall(L, n - 1, 0, 2) != LUA_OK) return lua_error(L);
+  }
+  return 0;
+}
+
+static void *worker_main(void *arg) {
+  worker_arg wa = *(worker_arg *)arg;
+  loom_pool *p = wa.pool;
+  lua_State *L;
+  char *broken = NULL;
+  loom_free(arg);
+  {
+    char name[32];
+    snprintf(name, sizeof name, "%.10s-%d", p->name ? p->name : "loom",
+             wa.index + 1);
+    name[15] = 0;   /* the kernel keeps 15 characters */
+    pthread_setname_np(pthread_self(), name);
+  }
+  L = lua_newstate(loom_lua_alloc, NULL);
+  if (L == NULL) broken = loom_strdup("cannot create a worker state");
+  else {
+    lua_pushcfunction(L, worker_setup);
+    lua_pushlightuserdata(L, p);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      const char *msg = lua_tostring(L, -1);
+      if (msg == NULL && lua_istable(L, -1)) {
+        lua_getfield(L, -1, "message");
+        msg = lua_tostring(L, -1);
+      }
+      broken = loom_strdup(msg ? msg : "(error object is not a string)");
+      if (broken == NULL) broken = loom_strdup("init failed");
+    }
+    lua_settop(L, 0);
+  }
+  pthread_mutex_lock(&p->mu);
+  if (broken != NULL || L == NULL) {
+    /* init failed: the executor is broken; fail all queued work */
+    loom_future *f;
+    if (p->broken == NULL) {
+      p->broken = broken ? broken : loom_strdup("init failed");
+      broken = NULL;
+    }
+    while ((f = p->head) != NULL) {
+      p->head = f->next;
+      if (p->head) p->head->prev = NULL; else p->tail = NULL;
+      fail_locked(f, "broken", p->broken ? p->broken : "init failed");
+      loom_future_decref(f);
+    }
+    p->nexited++;
+    pthread_mutex_unlock(&p->mu);
+    loom_free(broken);
+    if (L) lua_close(L);
+    return NULL;
+  }
+  for (;;) {
+    loom_future *f;
+    while (p->head == NULL && !p->stopping) {
+      p->nidle++;
+      pthread_cond_wait(&p->work, &p->mu);
+      p->nidle--;
+    }
+    f = p->head;
+    if (f == NULL) break;   /* stopping and drained */
+    p->head = f->next;
+    if (p->head) p->head->prev = NULL; else p->tail = NULL;
+    f->next = f->prev = NULL;
+    if (p->broken) {   /* another worker's init failed */
+      fail_locked(f, "broken", p->broken);
+      pthread_mutex_unlock(&p->mu);
+      loom_future_decref(f);
+      pthread_mutex_lock(&p->mu);
+      continue;
+    }
+    atomic_store_explicit(&f->state, LOOM_RUNNING, memory_order_release);
+    pthread_mutex_unlock(&p->mu);
+    worker_run(L, f);
+    pthread_mutex_lock(&p->mu);
+    loom_future_complete_locked(f, LOOM_FINISHED);
+    pthread_mutex_unlock(&p->mu);
+    loom_future_decref(f);   /* the queue's reference */
+    pthread_mutex_lock(&p->mu);
+  }
+  p->nexited++;
+  pthread_mutex_unlock(&p->mu);
+  lua_close(L);
+  return NULL;
+}
+
+/* ----------------------------------------------------------------- pool */
+
+loom_pool *loom_pool_new(loom_pool_config *cfg, const char **err) {
+  loom_pool *p = (loom_pool *)loom_malloc(sizeof *p);
+  pthread_attr_t attr;
+  sigset_t all, old;
+  int i;
+  *err = "not enough memory";
+  if (p == NULL) return NULL;
+  memset(p, 0, sizeof *p);
+  atomic_init(&p->refs, 1);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->work, NULL);
+  p->nworkers = cfg->workers;
+  p->init = cfg->init;
+  cfg->init = NULL;
+  p->threads = (pthread_t *)loom_malloc(sizeof(pthread_t)
+                                        * (size_t)cfg->workers);
+  if ((cfg->name && (p->name = loom_strdup(cfg->name)) == NULL)
+      || (cfg->path && (p->path = loom_strdup(cfg->path)) == NULL)
+      || (cfg->cpath && (p->cpath = loom_strdup(cfg->cpath)) == NULL)
+      || p->threads == NULL) {
+    loom_pool_decref(p);
+    return NULL;
+  }
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, WORKER_STACK);
+  /* workers block every signal: they are the host's to handle */
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  for (i = 0; i < cfg->workers; i++) {
+    worker_arg *wa = (worker_arg *)loom_malloc(sizeof *wa);
+    if (wa != NULL) {
+      wa->pool = p;
+      wa->index = i;
+      if (pthread_create(&p->threads[i], &attr, worker_main, wa) == 0)
+        continue;
+      loom_free(wa);
+    }
+    *err = "cannot start a worker thread";
+    break;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  p->nstarted = i;
+  if (i < cfg->workers) {   /* stop the ones that started */
+    loom_pool_shutdown(p, 1);
+    loom_pool_join(p);
+    loom_pool_decref(p);
+    return NULL;
+  }
+  return p;
+}
+
+int loom_pool_submit(loom_pool *p, loom_future *f) {
+  pthread_mutex_lock(&p->mu);
+  if (p->stopping) {
+    pthread_mutex_unlock(&p->mu);
+    return 1;
+  }
+  loom_pool_incref(p);
+  f->pool = p;
+  loom_future_incref(f);     /* the queue's reference */
+  if (p->broken) {
+    fail_locked(f, "broken", p->broken);
+    pthread_mutex_unlock(&p->mu);
+    loom_future_decref(f);
+    return 0;
+  }
+  f->next = NULL;
+  f->prev = p->tail;
+  if (p->tail) p->tail->next = f; else p->head = f;
+  p->tail = f;
+  if (p->nidle > 0) pthread_cond_signal(&p->work);
+  pthread_mutex_unlock(&p->mu);
+  return 0;
+}
+
+int loom_pool_cancel(loom_future *f) {
+  loom_pool *p = f->pool;
+  int r = 0, st;
+  if (p == NULL) return 0;
+  pthread_mutex_lock(&p->mu);
+  st = atomic_load_explicit(&f->state, memory_order_relaxed);
+  if (st == LOOM_PENDING) {
+    if (f->prev) f->prev->next = f->next; else p->head = f->next;
+    if (f->next) f->next->prev = f->prev; else p->tail = f->prev;
+    f->next = f->prev = NULL;
+    loom_future_complete_locked(f, LOOM_CANCELLED);
+    r = 2;
+  }
+  else if (st == LOOM_CANCELLED) r = 1;
+  pthread_mutex_unlock(&p->mu);
+  if (r == 2) loom_future_decref(f);   /* the queue's reference */
+  return r != 0;
+}
+
+void loom_pool_shutdown(loom_pool *p, int cancel_futures) {
+  loom_future *cancelled = NULL, *f;
+  pthread_mutex_lock(&p->mu);
+  p->stopping = 1;
+  if (cancel_futures) {
+    while ((f = p->head) != NULL) {
+      p->head = f->next;
+      loom_future_complete_locked(f, LOOM_CANCELLED);
+      f->next = cancelled;   /* decref outside the lock */
+      cancelled = f;
+    }
+    p->tail = NULL;
+  }
+  pthread_cond_broadcast(&p->work);
+  pthread_mutex_unlock(&p->mu);
+  while ((f = cancelled) != NULL) {
+    cancelled = f->next;
+    f->next = f->prev = NULL;
+    loom_future_decref(f);
+  }
+}
+
+void loom_pool_join(loom_pool *p) {
+  int i, n;
+  pthread_mutex_lock(&p->mu);
+  if (p->joined) {
+    pthread_mutex_unlock(&p->mu);
+    return;
+  }
+  p->joined = 1;
+  n = p->nstarted;
+  pthread_mutex_unlock(&p->mu);
+  for (i = 0; i < n; i++) pthread_join(p->threads[i], NULL);
+}

@@ -1,0 +1,1013 @@
+/*
+** transfer.c -- the value copier.
+**
+** A value is copied between two lua_States in two steps: loom_encode
+** walks it in the source state and writes a self-contained byte message;
+** loom_decode rebuilds it in the destination state.  The format:
+**
+**   "LOOM" version:u8  nobjs:u32  nvalues:varint  value*
+**
+**   value := NIL | FALSE | TRUE | INT i64 | INT8 i8 | FLT f64
+**          | STR len bytes
+**          | TABLE narr:varint nhash:u32 value{narr} (key value){nhash}
+**                  hasmeta:u8 [value]
+**          | FUNC len bytecode nups:u8 upvalue{nups}
+**          | CFUNC len "lib.name"
+**          | REF index            -- a table/function seen before
+**          | ENV                  -- the receiving state's globals
+**          | CHAN index           -- msg->refs[index], by reference
+**   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
+**
+** Tables and functions are numbered in the order they first appear, so
+** REF keeps identity and cycles within one message.
+**
+** Both directions walk with an explicit stack of frames, never with C
+** recursion, so nesting depth is bounded only by LOOM_MAX_DEPTH.  Every
+** buffer a Lua error could skip over is owned by a userdata (the scratch
+** encoder buffer, the frame arrays), so a longjmp cannot leak it.
+*/
+#include <string.h>
+#include <stdio.h>
+#include <stdarg.h>
+#include <math.h>
+
+#include "loom.h"
+
+#define MAGIC "LOOM"
+#define VERSION 1
+#define HEADER_LEN 9   /* magic, version, nobjs */
+
+enum {
+  T_NIL, T_FALSE, T_TRUE, T_INT, T_INT8, T_FLT, T_STR, T_TABLE, T_FUNC,
+  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN
+};
+
+/* ---------------------------------------------------------------- errors */
+
+void loom_pusherror(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, LOOM_ERROR);
+}
+
+int loom_raise(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, LOOM_ERROR);
+  return lua_error(L);
+}
+
+/* ------------------------------------------------------------- messages */
+
+void loom_msg_free(loom_msg *m) {
+  int i;
+  if (m == NULL) return;
+  for (i = 0; i < m->nrefs; i++) loom_chan_decref(m->refs[i]);
+  loom_free(m->refs);
+  loom_free(m);
+}
+
+/*
+** The scratch encoder: one per state, in the registry.  It owns the
+** message being written, so a Lua error in the middle frees nothing by
+** hand: the next encode (or the GC) reuses or frees it.  'busy' guards
+** against a finalizer that encodes while an encode is under way; such a
+** nested encode uses a temporary scratch.
+*/
+typedef struct scratch {
+  loom_msg *m;
+  int busy;
+} scratch;
+
+static void scratch_reset(scratch *s) {
+  loom_msg *m = s->m;
+  int i;
+  if (m == NULL) return;
+  for (i = 0; i < m->nrefs; i++) loom_chan_decref(m->refs[i]);
+  m->nrefs = 0;
+  m->len = 0;
+}
+
+static int scratch_gc(lua_State *L) {
+  scratch *s = (scratch *)lua_touserdata(L, 1);
+  scratch_reset(s);
+  loom_msg_free(s->m);
+  s->m = NULL;
+  return 0;
+}
+
+static scratch *newscratch(lua_State *L) {
+  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 0);
+  s->m = NULL;
+  s->busy = 0;
+  if (luaL_newmetatable(L, LOOM_SCRATCH)) {
+    lua_pushcfunction(L, scratch_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return s;
+}
+
+/* --------------------------------------------------------------- encoder */
+
+typedef struct eframe {
+  int obj;            /* stack index of the table or function */
+  int isfunc;
+  int phase;
+  lua_Integer i, n;   /* array position / upvalue number, and bound */
+  size_t patch;       /* where the hash count goes */
+  uint32_t nhash;
+  int objindex;       /* this object's number */
+} eframe;
+
+enum { EP_ARRAY, EP_NEXT, EP_VALUE, EP_META, EP_DONE, EP_UPVAL };
+
+#define INLINE_FRAMES 32
+
+typedef struct encoder {
+  lua_State *L;
+  scratch *s;
+  int seen;           /* stack index: object -> number */
+  int upseen;         /* stack index: upvalue id -> {fobj, up}, or 0 */
+  int globals;        /* stack index of the source's global table */
+  int cfuncs;         /* stack index of the C function map, or 0 */
+  int framebuf;       /* stack index of the frame userdata (or nil) */
+  int nobjs;
+  int refs_ok;
+  loom_place place;
+  int argbase, root;  /* for error messages */
+  eframe *f;          /* frames: inline or in the framebuf userdata */
+  int nf, capf;
+  eframe inl[INLINE_FRAMES];
+} encoder;
+
+static void e_grow(encoder *e, size_t need) {
+  loom_msg *m = e->s->m;
+  size_t cap;
+  if (m->cap - m->len >= need) return;
+  cap = m->cap * 2;
+  while (cap - m->len < need) {
+    if (cap > ((size_t)-1) / 4) luaL_error(e->L, "message too large");
+    cap *= 2;
+  }
+  m = (loom_msg *)loom_realloc(m, offsetof(loom_msg, data) + cap);
+  if (m == NULL) luaL_error(e->L, "not enough memory");
+  m->cap = cap;
+  e->s->m = m;
+}
+
+static void e_bytes(encoder *e, const void *p, size_t n) {
+  e_grow(e, n);
+  memcpy(e->s->m->data + e->s->m->len, p, n);
+  e->s->m->len += n;
+}
+
+static void e_byte(encoder *e, int b) {
+  e_grow(e, 1);
+  e->s->m->data[e->s->m->len++] = (unsigned char)b;
+}
+
+static void e_varint(encoder *e, uint64_t v) {
+  unsigned char b[10];
+  int n = 0;
+  do {
+    unsigned char c = (unsigned char)(v & 0x7f);
+    v >>= 7;
+    if (v) c |= 0x80;
+    b[n++] = c;
+  } while (v);
+  e_bytes(e, b, (size_t)n);
+}
+
+static void e_u64(encoder *e, uint64_t v) {
+  unsigned char b[8];
+  int i;
+  for (i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
+  e_bytes(e, b, 8);
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
+  p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+}
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  encoder *e = (encoder *)ud;
+  loom_msg *m = e->s->m;
+  (void)L;
+  if (m->cap - m->len < sz) {
+    size_t cap = m->cap;
+    while (cap - m->len < sz) cap *= 2;
+    m = (loom_msg *)loom_realloc(m, offsetof(loom_msg, data) + cap);
+    if (m == NULL) return 1;
+    m->cap = cap;
+    e->s->m = m;
+  }
+  memcpy(m->data + m->len, p, sz);
+  m->len += sz;
+  return 0;
+}
+
+/* Describe where frame k currently is, pushing a string. */
+static void e_pushplace(encoder *e, int k) {
+  lua_State *L = e->L;
+  eframe *f = &e->f[k];
+  if (f->isfunc) {
+    const char *name = lua_getupvalue(L, f->obj, (int)f->i - 1);
+    if (name == NULL) name = "?";
+    lua_pop(L, 1);
+    lua_pushfstring(L, "upvalue '%s'", *name ? name : "?");
+  }
+  else if (f->phase == EP_ARRAY)
+    lua_pushfstring(L, "index %I", (LUAI_UACINT)(f->i - 1));
+  else if (f->phase == EP_META || f->phase == EP_DONE)
+    lua_pushliteral(L, "metatable");
+  else {  /* key is at obj+1; encoding the key itself or its value */
+    int key = f->obj + 1;
+    const char *what = f->phase == EP_VALUE ? "key " : "";
+    if (lua_type(L, key) == LUA_TSTRING)
+      lua_pushfstring(L, "%sfield '%s'", what, lua_tostring(L, key));
+    else if (lua_isinteger(L, key))
+      lua_pushfstring(L, "%sindex %I", what,
+                      (LUAI_UACINT)lua_tointeger(L, key));
+    else if (lua_type(L, key) == LUA_TNUMBER)
+      lua_pushfstring(L, "%sindex %f", what, lua_tonumber(L, key));
+    else
+      lua_pushfstring(L, "%skey of type %s", what, luaL_typename(L, key));
+  }
+}
+
+/* Raise a transfer error naming the place of the value being encoded. */
+static int e_error(encoder *e, const char *what) {
+  lua_State *L = e->L;
+  luaL_Buffer b;
+  int k;
+  e->s->busy = 0;
+  luaL_buffinit(L, &b);
+  if (e->place == LOOM_AT_ARGUMENT) {
+    lua_pushfstring(L, "argument #%d: ", e->argbase + e->root);
+    luaL_addvalue(&b);
+  }
+  else if (e->place == LOOM_AT_RESULT) {
+    lua_pushfstring(L, "result #%d: ", e->root + 1);
+    luaL_addvalue(&b);
+  }
+  for (k = 0; k < e->nf; k++) {
+    e_pushplace(e, k);
+    luaL_addvalue(&b);
+    luaL_addstring(&b, ": ");
+  }
+  luaL_addstring(&b, what);
+  luaL_pushresult(&b);
+  return loom_raise(L, "transfer", "%s", lua_tostring(L, -1));
+}
+
+static eframe *e_push(encoder *e) {
+  if (e->nf == e->capf) {
+    lua_State *L = e->L;
+    int ncap = e->capf * 2;
+    eframe *nf;
+    if (e->nf >= LOOM_MAX_DEPTH)
+      e_error(e, "nesting deeper than 200000 levels");
+    nf = (eframe *)lua_newuserdatauv(L, sizeof(eframe) * (size_t)ncap, 0);
+    memcpy(nf, e->f, sizeof(eframe) * (size_t)e->nf);
+    lua_replace(L, e->framebuf);
+    e->f = nf;
+    e->capf = ncap;
+  }
+  return &e->f[e->nf++];
+}
+
+/* Number a new object (at stack top); returns its number. */
+static int e_register(encoder *e) {
+  lua_State *L = e->L;
+  lua_pushvalue(L, -1);
+  lua_pushinteger(L, e->nobjs);
+  lua_rawset(L, e->seen);
+  return e->nobjs++;
+}
+
+/* Returns the number of the object at top if seen before, else -1. */
+static int e_seen(encoder *e) {
+  lua_State *L = e->L;
+  int r = -1;
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, e->seen) == LUA_TNUMBER) r = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+static const char *cfunc_name(encoder *e) {
+  lua_State *L = e->L;
+  lua_CFunction fn = lua_tocfunction(L, -1);
+  const char *name = NULL;
+  if (e->cfuncs == 0 || fn == NULL) return NULL;
+  lua_pushlightuserdata(L, (void *)(size_t)fn);  /* key by pointer value */
+  if (lua_rawget(L, e->cfuncs) == LUA_TSTRING) name = lua_tostring(L, -1);
+  lua_pop(L, 1);  /* the name string stays alive in the map */
+  return name;
+}
+
+static void e_table(encoder *e, int index) {
+  lua_State *L = e->L;
+  eframe *f;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  size_t patch;
+  e_byte(e, T_TABLE);
+  e_varint(e, (uint64_t)n);
+  patch = e->s->m->len;
+  e_bytes(e, "\0\0\0\0", 4);
+  f = e_push(e);
+  f->obj = lua_gettop(L);
+  f->isfunc = 0;
+  f->phase = EP_ARRAY;
+  f->i = 1;
+  f->n = n;
+  f->patch = patch;
+  f->nhash = 0;
+  f->objindex = index;
+}
+
+static void e_function(encoder *e, int index) {
+  lua_State *L = e->L;
+  eframe *f;
+  size_t lenpos, start;
+  int nups = 0;
+  unsigned char lenbuf[10];
+  uint64_t blen;
+  int k;
+  while (lua_getupvalue(L, -1, nups + 1) != NULL) {
+    lua_pop(L, 1);
+    nups++;
+  }
+  if (nups > 255) e_error(e, "function has too many upvalues");
+  e_byte(e, T_FUNC);
+  /* the bytecode length is not known before dumping: reserve 10 bytes */
+  lenpos = e->s->m->len;
+  e_bytes(e, "\0\0\0\0\0\0\0\0\0\0", 10);
+  start = e->s->m->len;
+  if (lua_dump(L, dump_writer, e, 0) != 0)
+    luaL_error(L, "not enough memory");
+  blen = (uint64_t)(e->s->m->len - start);
+  for (k = 0; k < 9; k++) {  /* fixed-width varint: 9 x 7 bits + 1 byte */
+    lenbuf[k] = (unsigned char)((blen & 0x7f) | 0x80);
+    blen >>= 7;
+  }
+  lenbuf[9] = (unsigned char)blen;
+  memcpy(e->s->m->data + lenpos, lenbuf, 10);
+  e_byte(e, nups);
+  f = e_push(e);
+  f->obj = lua_gettop(L);
+  f->isfunc = 1;
+  f->phase = EP_UPVAL;
+  f->i = 1;
+  f->n = nups;
+  f->objindex = index;
+}
+
+/*
+** Encode the value at the stack top.  A scalar is written and popped; a
+** new table or function gets a frame and stays on the stack until its
+** frame ends.
+*/
+static void e_item(encoder *e) {
+  lua_State *L = e->L;
+  switch (lua_type(L, -1)) {
+    case LUA_TNIL: e_byte(e, T_NIL); break;
+    case LUA_TBOOLEAN: e_byte(e, lua_toboolean(L, -1) ? T_TRUE : T_FALSE);
+      break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, -1)) {
+        lua_Integer i = lua_tointeger(L, -1);
+        if (i >= -128 && i <= 127) {
+          e_byte(e, T_INT8);
+          e_byte(e, (int)(unsigned char)(signed char)i);
+        }
+        else {
+          e_byte(e, T_INT);
+          e_u64(e, (uint64_t)i);
+        }
+      }
+      else {
+        lua_Number d = lua_tonumber(L, -1);
+        uint64_t u;
+        memcpy(&u, &d, sizeof u);
+        e_byte(e, T_FLT);
+        e_u64(e, u);
+      }
+      break;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      e_byte(e, T_STR);
+      e_varint(e, len);
+      e_bytes(e, s, len);
+      break;
+    }
+    case LUA_TTABLE: case LUA_TFUNCTION: {
+      int idx;
+      if (lua_rawequal(L, -1, e->globals)) { e_byte(e, T_ENV); break; }
+      idx = e_seen(e);
+      if (idx >= 0) {
+        e_byte(e, T_REF);
+        e_varint(e, (uint64_t)idx);
+        break;
+      }
+      if (lua_type(L, -1) == LUA_TTABLE) {
+        if (!lua_checkstack(L, 4)) e_error(e, "value nested too deeply");
+        e_table(e, e_register(e));
+        return;  /* stays on the stack */
+      }
+      if (lua_iscfunction(L, -1)) {
+        const char *name = cfunc_name(e);
+        size_t len;
+        if (name == NULL)
+          e_error(e, "cannot transfer a C function that is not part of "
+                     "a standard library");
+        len = strlen(name);
+        e_byte(e, T_CFUNC);
+        e_varint(e, len);
+        e_bytes(e, name, len);
+        break;
+      }
+      if (!lua_checkstack(L, 4)) e_error(e, "value nested too deeply");
+      e_function(e, e_register(e));
+      return;
+    }
+    case LUA_TUSERDATA: {
+      loom_chan *c = loom_tochannel(L, -1);
+      loom_msg *m;
+      if (c == NULL) e_error(e, "cannot transfer a userdata");
+      if (!e->refs_ok)
+        e_error(e, "cannot encode a channel into a string");
+      m = e->s->m;
+      if (m->nrefs == m->refcap) {
+        int ncap = m->refcap ? m->refcap * 2 : 4;
+        loom_chan **r = (loom_chan **)loom_realloc(
+            m->refs, sizeof(loom_chan *) * (size_t)ncap);
+        if (r == NULL) luaL_error(L, "not enough memory");
+        m->refs = r;
+        m->refcap = ncap;
+      }
+      loom_chan_incref(c);
+      m->refs[m->nrefs] = c;
+      e_byte(e, T_CHAN);
+      e_varint(e, (uint64_t)m->nrefs);
+      m->nrefs++;
+      break;
+    }
+    case LUA_TLIGHTUSERDATA:
+      e_error(e, "cannot transfer a light userdata");
+      break;
+    case LUA_TTHREAD:
+      e_error(e, "cannot transfer a coroutine");
+      break;
+    default:
+      e_error(e, "cannot transfer this value");
+  }
+  lua_pop(L, 1);
+}
+
+/* Run frames until the one at depth 'base' is gone. */
+static void e_run(encoder *e) {
+  lua_State *L = e->L;
+  while (e->nf > 0) {
+    eframe *f = &e->f[e->nf - 1];
+    if (f->isfunc) {
+      const char *name;
+      void *id;
+      if (f->i > f->n) {
+        e->nf--;
+        lua_pop(L, 1);
+        continue;
+      }
+      /* f->i moves on before the value is encoded: a frame opened for
+      ** the value resumes this one at the next upvalue */
+      name = lua_getupvalue(L, f->obj, (int)f->i);
+      id = lua_upvalueid(L, f->obj, (int)f->i);
+      f->i++;
+      if (name != NULL && strcmp(name, "_ENV") == 0
+          && lua_type(L, -1) == LUA_TTABLE) {
+        lua_pop(L, 1);
+        e_byte(e, T_ENV);
+        continue;
+      }
+      if (e->upseen == 0) {  /* made on the first upvalue */
+        lua_newtable(L);
+        lua_replace(L, e->seen + 1);
+        e->upseen = e->seen + 1;
+      }
+      lua_pushlightuserdata(L, id);
+      if (lua_rawget(L, e->upseen) == LUA_TNUMBER) {  /* shared upvalue */
+        lua_Integer v = lua_tointeger(L, -1);
+        lua_pop(L, 2);
+        e_byte(e, T_JOIN);
+        e_varint(e, (uint64_t)(v >> 8));
+        e_varint(e, (uint64_t)(v & 0xff));
+        continue;
+      }
+      lua_pop(L, 1);
+      lua_pushlightuserdata(L, id);
+      lua_pushinteger(L, ((lua_Integer)f->objindex << 8) | (f->i - 1));
+      lua_rawset(L, e->upseen);
+      e_item(e);
+      continue;
+    }
+    switch (f->phase) {
+      case EP_ARRAY:
+        if (f->i <= f->n) {
+          lua_rawgeti(L, f->obj, f->i);
+          f->i++;
+          e_item(e);
+        }
+        else {
+          f->phase = EP_NEXT;
+          lua_pushnil(L);
+        }
+        break;
+      case EP_NEXT:
+        if (lua_next(L, f->obj) == 0) {
+          f->phase = EP_META;
+          break;
+        }
+        if (lua_isinteger(L, -2)) {
+          lua_Integer k = lua_tointeger(L, -2);
+          if (k >= 1 && k <= f->n) {  /* already sent in the array part */
+            lua_pop(L, 1);
+            break;
+          }
+        }
+        if (f->nhash == 0xffffffffu) e_error(e, "table too large");
+        f->nhash++;
+        f->phase = EP_VALUE;
+        lua_pushvalue(L, -2);
+        e_item(e);   /* the key */
+        break;
+      case EP_VALUE:
+        f->phase = EP_NEXT;
+        e_item(e);   /* the value; the key stays for lua_next */
+        break;
+      case EP_META:
+        put_u32(e->s->m->data + f->patch, f->nhash);
+        f->phase = EP_DONE;
+        if (lua_getmetatable(L, f->obj)) {
+          e_byte(e, 1);
+          e_item(e);
+        }
+        else e_byte(e, 0);
+        break;
+      default:  /* EP_DONE */
+        e->nf--;
+        lua_pop(L, 1);
+        break;
+    }
+  }
+}
+
+loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
+                      int argbase, int refs_ok) {
+  encoder e;
+  scratch *s;
+  loom_msg *m;
+  int base, i;
+  first = lua_absindex(L, first);
+  luaL_checkstack(L, 8, "value nested too deeply");
+  base = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_SCRATCH "*") == LUA_TNIL) {
+    lua_pop(L, 1);
+    newscratch(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOOM_SCRATCH "*");
+  }
+  s = (scratch *)lua_touserdata(L, -1);
+  if (s->busy) {  /* nested encode from a finalizer: use a fresh one */
+    lua_pop(L, 1);
+    s = newscratch(L);
+  }
+  s->busy = 1;
+  scratch_reset(s);
+  if (s->m == NULL) {
+    size_t cap = 256;
+    s->m = (loom_msg *)loom_malloc(offsetof(loom_msg, data) + cap);
+    if (s->m == NULL) { s->busy = 0; luaL_error(L, "not enough memory"); }
+    s->m->len = 0; s->m->cap = cap;
+    s->m->refs = NULL; s->m->nrefs = s->m->refcap = 0;
+  }
+  e.L = L;
+  e.s = s;
+  e.nobjs = 0;
+  e.refs_ok = refs_ok;
+  e.place = place;
+  e.argbase = argbase;
+  e.root = 0;
+  e.f = e.inl;
+  e.nf = 0;
+  e.capf = INLINE_FRAMES;
+  lua_newtable(L);                 /* base+2: seen */
+  e.seen = lua_gettop(L);
+  lua_pushnil(L);                  /* base+3: upvalue ids, made lazily */
+  e.upseen = 0;
+  lua_pushnil(L);                  /* base+4: frame buffer */
+  e.framebuf = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);  /* base+5 */
+  e.globals = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    loom_cfuncs_init(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
+  }
+  e.cfuncs = lua_gettop(L);        /* base+6 */
+  e_bytes(&e, MAGIC, 4);
+  e_byte(&e, VERSION);
+  e_bytes(&e, "\0\0\0\0", 4);      /* nobjs, patched below */
+  e_varint(&e, (uint64_t)n);
+  for (i = 0; i < n; i++) {
+    e.root = i;
+    lua_pushvalue(L, first + i);
+    e_item(&e);
+    e_run(&e);
+  }
+  m = s->m;
+  put_u32(m->data + 5, (uint32_t)e.nobjs);
+  s->m = NULL;   /* the caller owns the message now */
+  s->busy = 0;
+  lua_settop(L, base);
+  return m;
+}
+
+/* --------------------------------------------------------------- decoder */
+
+typedef struct dframe {
+  int obj;             /* stack index of the table or function */
+  int isfunc;
+  uint64_t narr, nhash, i;
+  int phase;           /* tables: 0 array, 1 key, 2 value, 3 meta, 4 done */
+} dframe;
+
+typedef struct decoder {
+  lua_State *L;
+  const unsigned char *p, *end, *start;
+  int functions;
+  const loom_msg *m;
+  int objs;            /* stack index: number -> object */
+  int nobjs, maxobjs;
+  int framebuf;
+  dframe *f;
+  int nf, capf;
+  dframe inl[INLINE_FRAMES];
+} decoder;
+
+static int d_error(decoder *d, const char *what) {
+  return loom_raise(d->L, "transfer", "malformed message: %s at byte %d",
+                    what, (int)(d->p - d->start));
+}
+
+static int d_byte(decoder *d) {
+  if (d->p >= d->end) d_error(d, "truncated");
+  return *d->p++;
+}
+
+static uint64_t d_varint(decoder *d) {
+  uint64_t v = 0;
+  int shift = 0;
+  for (;;) {
+    int c = d_byte(d);
+    if (shift == 63 && (c & 0x7e)) d_error(d, "bad varint");
+    v |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) return v;
+    shift += 7;
+    if (shift > 63) d_error(d, "bad varint");
+  }
+}
+
+static uint64_t d_u64(decoder *d) {
+  uint64_t v = 0;
+  int i;
+  if (d->end - d->p < 8) d_error(d, "truncated");
+  for (i = 0; i < 8; i++) v |= (uint64_t)d->p[i] << (8 * i);
+  d->p += 8;
+  return v;
+}
+
+static uint32_t d_u32(decoder *d) {
+  uint32_t v;
+  if (d->end - d->p < 4) d_error(d, "truncated");
+  v = (uint32_t)d->p[0] | (uint32_t)d->p[1] << 8
+    | (uint32_t)d->p[2] << 16 | (uint32_t)d->p[3] << 24;
+  d->p += 4;
+  return v;
+}
+
+static size_t d_left(decoder *d) { return (size_t)(d->end - d->p); }
+
+static dframe *d_push(decoder *d) {
+  if (d->nf == d->capf) {
+    lua_State *L = d->L;
+    int ncap = d->capf * 2;
+    dframe *nf;
+    if (d->nf >= LOOM_MAX_DEPTH) d_error(d, "nesting too deep");
+    nf = (dframe *)lua_newuserdatauv(L, sizeof(dframe) * (size_t)ncap, 0);
+    memcpy(nf, d->f, sizeof(dframe) * (size_t)d->nf);
+    lua_replace(L, d->framebuf);
+    d->f = nf;
+    d->capf = ncap;
+  }
+  return &d->f[d->nf++];
+}
+
+static void d_register(decoder *d) {
+  lua_State *L = d->L;
+  if (d->nobjs >= d->maxobjs) d_error(d, "too many objects");
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->objs, ++d->nobjs);
+}
+
+typedef struct chunk { const char *p; size_t left; } chunk;
+
+static const char *d_reader(lua_State *L, void *ud, size_t *sz) {
+  chunk *c = (chunk *)ud;
+  (void)L;
+  *sz = c->left;
+  c->left = 0;
+  return *sz ? c->p : NULL;
+}
+
+/*
+** Read one item and push it.  Returns 1 if it opened a frame (the new
+** object stays at the top and the frame fills it), else 0.
+*/
+static int d_item(decoder *d, int upvalue) {
+  lua_State *L = d->L;
+  int tag;
+  if (!lua_checkstack(L, 4)) d_error(d, "nesting too deep");
+  tag = d_byte(d);
+  switch (tag) {
+    case T_NIL: lua_pushnil(L); return 0;
+    case T_FALSE: lua_pushboolean(L, 0); return 0;
+    case T_TRUE: lua_pushboolean(L, 1); return 0;
+    case T_INT: lua_pushinteger(L, (lua_Integer)d_u64(d)); return 0;
+    case T_INT8: lua_pushinteger(L, (signed char)d_byte(d)); return 0;
+    case T_FLT: {
+      uint64_t u = d_u64(d);
+      lua_Number x;
+      memcpy(&x, &u, sizeof x);
+      lua_pushnumber(L, x);
+      return 0;
+    }
+    case T_STR: {
+      uint64_t len = d_varint(d);
+      if (len > d_left(d)) d_error(d, "truncated string");
+      lua_pushlstring(L, (const char *)d->p, (size_t)len);
+      d->p += len;
+      return 0;
+    }
+    case T_TABLE: {
+      uint64_t narr = d_varint(d), nhash = d_u32(d);
+      dframe *f;
+      /* every element takes at least one byte: never trust the counts */
+      if (narr > d_left(d) || nhash > d_left(d) / 2)
+        d_error(d, "bad table size");
+      lua_createtable(L, (int)narr, (int)nhash);
+      d_register(d);
+      f = d_push(d);
+      f->obj = lua_gettop(L);
+      f->isfunc = 0;
+      f->narr = narr;
+      f->nhash = nhash;
+      f->i = 0;
+      f->phase = narr ? 0 : (nhash ? 1 : 3);
+      return 1;
+    }
+    case T_FUNC: {
+      uint64_t len = d_varint(d);
+      chunk c;
+      dframe *f;
+      int nups, k;
+      if (!d->functions)
+        d_error(d, "functions are refused (decode with functions = true)");
+      if (len > d_left(d)) d_error(d, "truncated function");
+      c.p = (const char *)d->p;
+      c.left = (size_t)len;
+      if (lua_load(L, d_reader, &c, "=?", "b") != LUA_OK) {
+        lua_pop(L, 1);
+        d_error(d, "bad bytecode");
+      }
+      d->p += len;
+      nups = d_byte(d);
+      for (k = 0; lua_getupvalue(L, -1, k + 1) != NULL; k++) lua_pop(L, 1);
+      if (k != nups) d_error(d, "upvalue count does not match");
+      d_register(d);
+      f = d_push(d);
+      f->obj = lua_gettop(L);
+      f->isfunc = 1;
+      f->narr = (uint64_t)nups;
+      f->i = 0;
+      return 1;
+    }
+    case T_CFUNC: {
+      uint64_t len = d_varint(d);
+      if (len > d_left(d) || len > 64) d_error(d, "bad C function name");
+      if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        loom_cfuncs_init(L);
+        lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
+      }
+      lua_pushlstring(L, (const char *)d->p, (size_t)len);
+      d->p += len;
+      if (lua_rawget(L, -2) != LUA_TFUNCTION) d_error(d, "unknown C function");
+      lua_remove(L, -2);
+      return 0;
+    }
+    case T_REF: {
+      uint64_t k = d_varint(d);
+      if (k >= (uint64_t)d->nobjs) d_error(d, "bad reference");
+      lua_rawgeti(L, d->objs, (lua_Integer)k + 1);
+      return 0;
+    }
+    case T_ENV:
+      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+      return 0;
+    case T_CHAN: {
+      uint64_t k = d_varint(d);
+      if (d->m == NULL || k >= (uint64_t)d->m->nrefs)
+        d_error(d, "bad channel reference");
+      loom_pushchannel(L, d->m->refs[k]);
+      return 0;
+    }
+    case T_JOIN: {
+      uint64_t fo = d_varint(d), up = d_varint(d);
+      dframe *f = &d->f[d->nf - 1];
+      if (!upvalue) d_error(d, "misplaced upvalue join");
+      if (fo >= (uint64_t)d->nobjs || up < 1 || up > 255)
+        d_error(d, "bad upvalue join");
+      lua_rawgeti(L, d->objs, (lua_Integer)fo + 1);
+      if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1)
+          || lua_getupvalue(L, -1, (int)up) == NULL)
+        d_error(d, "bad upvalue join");
+      lua_pop(L, 1);
+      lua_upvaluejoin(L, f->obj, (int)f->i + 1, -1, (int)up);
+      lua_pop(L, 1);
+      return -1;  /* nothing to attach */
+    }
+    default:
+      return d_error(d, "unknown tag");
+  }
+}
+
+/* Attach the value at the top to frame f (which is at obj below it). */
+static void d_attach(decoder *d, dframe *f) {
+  lua_State *L = d->L;
+  if (f->isfunc) {
+    lua_setupvalue(L, f->obj, (int)f->i + 1);
+    f->i++;
+    return;
+  }
+  switch (f->phase) {
+    case 0:  /* array */
+      lua_rawseti(L, f->obj, (lua_Integer)++f->i);
+      if (f->i == f->narr) { f->i = 0; f->phase = f->nhash ? 1 : 3; }
+      break;
+    case 1:  /* key: keep it on the stack */
+      if (lua_isnil(L, -1)) d_error(d, "nil table key");
+      if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+        lua_Number k = lua_tonumber(L, -1);
+        if (k != k) d_error(d, "NaN table key");
+      }
+      f->phase = 2;
+      break;
+    case 2:  /* value */
+      lua_rawset(L, f->obj);
+      if (++f->i == f->nhash) f->phase = 3;
+      else f->phase = 1;
+      break;
+    case 3:  /* metatable */
+      if (!lua_istable(L, -1)) d_error(d, "metatable is not a table");
+      lua_setmetatable(L, f->obj);
+      f->phase = 4;
+      break;
+    default:
+      d_error(d, "corrupt frame");
+  }
+}
+
+int loom_decode(lua_State *L, const unsigned char *p, size_t len,
+                int functions, const loom_msg *m) {
+  decoder d;
+  uint64_t nvalues, v;
+  uint32_t nobjs;
+  int base;
+  d.L = L;
+  d.p = d.start = p;
+  d.end = p + len;
+  d.functions = functions;
+  d.m = m;
+  if (len < HEADER_LEN || memcmp(p, MAGIC, 4) != 0)
+    d_error(&d, "bad header");
+  if (p[4] != VERSION)
+    loom_raise(L, "transfer", "malformed message: format version %d, "
+               "expected %d", (int)p[4], VERSION);
+  d.p += 5;
+  nobjs = d_u32(&d);
+  nvalues = d_varint(&d);
+  if (nobjs > d_left(&d) || nvalues > d_left(&d))
+    d_error(&d, "bad counts");
+  luaL_checkstack(L, (int)nvalues + 8, "too many values");
+  base = lua_gettop(L);
+  lua_createtable(L, (int)nobjs, 0);
+  d.objs = lua_gettop(L);
+  d.nobjs = 0;
+  d.maxobjs = (int)nobjs;
+  lua_pushnil(L);
+  d.framebuf = lua_gettop(L);
+  d.f = d.inl;
+  d.nf = 0;
+  d.capf = INLINE_FRAMES;
+  for (v = 0; v < nvalues; v++) {
+    if (d_item(&d, 0) < 0) d_error(&d, "misplaced upvalue join");
+    while (d.nf > 0) {   /* fill open frames; the root stays on top */
+      dframe *f = &d.f[d.nf - 1];
+      int r;
+      if (f->isfunc ? f->i >= f->narr : f->phase == 4) {
+        d.nf--;   /* finished: attach it to its parent */
+        if (d.nf > 0) d_attach(&d, &d.f[d.nf - 1]);
+        continue;
+      }
+      if (!f->isfunc && f->phase == 3) {
+        int has = d_byte(&d);
+        if (has == 0) { f->phase = 4; continue; }
+        if (has != 1) d_error(&d, "bad metatable flag");
+      }
+      r = d_item(&d, f->isfunc);
+      if (r == 0) d_attach(&d, f);
+      else if (r < 0) f->i++;   /* an upvalue was joined */
+    }
+  }
+  if (d.p != d.end) d_error(&d, "trailing bytes");
+  /* move the values down over the two helper slots */
+  lua_remove(L, base + 1);
+  lua_remove(L, base + 1);
+  return (int)nvalues;
+}
+
+/* ------------------------------------------------------- C function map */
+
+/*
+** C functions cross by name.  Each state keeps, in the registry, a map
+** both ways between the standard libraries' C functions and
+** "lib.name", built from package.loaded when first needed (for a worker,
+** before any user code runs).
+*/
+void loom_cfuncs_init(lua_State *L) {
+  static const char *const libs[] = {
+    "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
+    "debug", "package", NULL
+  };
+  int i, map, loaded, lib;
+  luaL_checkstack(L, 8, NULL);
+  lua_newtable(L);
+  map = lua_gettop(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  loaded = lua_gettop(L);
+  for (i = 0; libs[i] != NULL; i++) {
+    if (lua_getfield(L, loaded, libs[i]) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lib = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, lib)) {   /* lib, key, value */
+      if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+        void *ptr = (void *)(size_t)lua_tocfunction(L, -1);
+        lua_pushfstring(L, "%s.%s", libs[i], lua_tostring(L, -2));
+        lua_pushvalue(L, -1);
+        lua_pushvalue(L, -3);
+        lua_rawset(L, map);                   /* name -> function */
+        lua_pushlightuserdata(L, ptr);
+        if (lua_rawget(L, map) == LUA_TNIL) { /* first name wins */
+          lua_pop(L, 1);
+          lua_pushlightuserdata(L, ptr);
+          lua_pushvalue(L, -2);
+          lua_rawset(L, map);                 /* pointer -> name */
+        }
+        else lua_pop(L, 1);
+        lua_pop(L, 1);                        /* name */
+      }
+      lua_pop(L, 1);                          /* value */
+    }
+    lua_pop(L, 1);                            /* lib */
+  }
+  lua_pop(L, 1);                              /* loaded */
+  lua_setfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
+}
