@@ -23,7 +23,11 @@ SO   = loom/core.so
 ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
              -I$(LUA_INCDIR) $(CFLAGS) $(EXTRA_CFLAGS)
 
-.PHONY: all install test demo deps check lint asan clean
+LUA_LIBDIR ?= $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)
+LUA_STATIC ?= $(LUA_LIBDIR)/liblua5.4.a
+BUSTED_BIN  = $(shell command -v busted)
+
+.PHONY: all install test demo deps check lint asan tsan valgrind clean
 
 all: $(SO)
 
@@ -47,6 +51,32 @@ test: deps
 demo: deps
 	$(MAKE) all
 	$(LUA) -e 'package.path="lua/?.lua;lua/?/init.lua;"..package.path; package.cpath="./?.so;"..package.cpath' examples/demo.lua
+
+# --- sanitizers ----------------------------------------------------------
+# The specs run in spec/host/host.c, a Lua host built with the sanitizer
+# (an instrumented core.so cannot be loaded into the stock lua5.4).
+# Child processes started by specs use $$LOOM_LUA, which points at it.
+SAN_CC     ?= gcc
+ASAN_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer -g -O1
+TSAN_FLAGS  = -fsanitize=thread -fno-omit-frame-pointer -g -O1
+SAN_ENV     = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1 \
+              UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+              TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/spec/host/tsan.supp"
+
+build/%/loom/core.so: $(SRC) $(HDR)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR) \
+	  $($(shell echo $* | tr a-z A-Z)_FLAGS) -shared -o $@ $(SRC) -pthread
+
+build/%/host: spec/host/host.c
+	@mkdir -p $(dir $@)
+	$(SAN_CC) -I$(LUA_INCDIR) $($(shell echo $* | tr a-z A-Z)_FLAGS) \
+	  -o $@ $< $(LUA_STATIC) -lm -ldl -Wl,-E -pthread
+
+asan tsan: %: deps build/%/host build/%/loom/core.so
+	$(SAN_ENV) LOOM_LUA=$(CURDIR)/build/$@/host LOOM_CPATH='$(CURDIR)/build/$@/?.so' \
+	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec
 
 lint:
 	luacheck lua spec examples bench

@@ -417,7 +417,9 @@ static int executor_submit(lua_State *L) {
   fhandle *h;
   loom_msg *m;
   int n = lua_gettop(L);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L, "bad argument #1 to 'submit' (function expected, "
+                      "got %s)", lua_isnone(L, 2) ? "nil" : luaL_typename(L, 2));
   if (x->shut)
     return loom_raise(L, "shutdown",
                       "cannot schedule new futures after shutdown");
@@ -896,7 +898,6 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L);
 
 int loom_open_worker_state(lua_State *L) {
   luaL_openlibs(L);
-  loom_cfuncs_init(L);   /* before any user code can change the libs */
   lua_getglobal(L, "os");
   lua_pushcfunction(L, worker_exit);
   lua_setfield(L, -2, "exit");
@@ -905,6 +906,9 @@ int loom_open_worker_state(lua_State *L) {
   lua_setglobal(L, "print");
   luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
   lua_pop(L, 1);
+  /* before any user code can change the libraries; print and os.exit
+  ** are named as usual, so they cross as the receiver's own */
+  loom_cfuncs_init(L);
   return 0;
 }
 

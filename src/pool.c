@@ -66,8 +66,8 @@ static void fail_locked(loom_future *f, const char *kind, const char *msg) {
 #define TRACEBACK_KEY "loom.traceback"
 
 static int msghandler(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) msg = luaL_typename(L, 1);
+  const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1)
+                                                   : luaL_tolstring(L, 1, NULL);
   luaL_traceback(L, L, msg, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
   lua_settop(L, 1);

@@ -16,6 +16,7 @@
 **          | REF index            -- a table/function seen before
 **          | ENV                  -- the receiving state's globals
 **          | CHAN index           -- msg->refs[index], by reference
+**          | ERRMT                -- the receiver's loom.Error metatable
 **   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
 **
 ** Tables and functions are numbered in the order they first appear, so
@@ -39,7 +40,7 @@
 
 enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_INT8, T_FLT, T_STR, T_TABLE, T_FUNC,
-  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN
+  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -419,6 +420,10 @@ static void e_item(encoder *e) {
     case LUA_TTABLE: case LUA_TFUNCTION: {
       int idx;
       if (lua_rawequal(L, -1, e->globals)) { e_byte(e, T_ENV); break; }
+      if (lua_rawequal(L, -1, e->globals + 2)) {  /* loom's error class */
+        e_byte(e, T_ERRMT);
+        break;
+      }
       idx = e_seen(e);
       if (idx >= 0) {
         e_byte(e, T_REF);
@@ -462,10 +467,9 @@ static void e_item(encoder *e) {
         m->refcap = ncap;
       }
       loom_chan_incref(c);
-      m->refs[m->nrefs] = c;
-      e_byte(e, T_CHAN);
-      e_varint(e, (uint64_t)m->nrefs);
-      m->nrefs++;
+      m->refs[m->nrefs++] = c;
+      e_byte(e, T_CHAN);   /* may move the message: m is stale below */
+      e_varint(e, (uint64_t)(e->s->m->nrefs - 1));
       break;
     }
     case LUA_TLIGHTUSERDATA:
@@ -629,6 +633,7 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
     lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
   }
   e.cfuncs = lua_gettop(L);        /* base+6 */
+  luaL_getmetatable(L, LOOM_ERROR);  /* base+7 = globals+2 */
   e_bytes(&e, MAGIC, 4);
   e_byte(&e, VERSION);
   e_bytes(&e, "\0\0\0\0", 4);      /* nobjs, patched below */
@@ -839,6 +844,10 @@ static int d_item(decoder *d, int upvalue) {
     case T_ENV:
       lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
       return 0;
+    case T_ERRMT:
+      if (luaL_getmetatable(L, LOOM_ERROR) != LUA_TTABLE)
+        d_error(d, "no loom.Error class here");
+      return 0;
     case T_CHAN: {
       uint64_t k = d_varint(d);
       if (d->m == NULL || k >= (uint64_t)d->m->nrefs)
@@ -972,7 +981,7 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
 void loom_cfuncs_init(lua_State *L) {
   static const char *const libs[] = {
     "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
-    "debug", "package", NULL
+    "debug", "package", "loom.core", NULL
   };
   int i, map, loaded, lib;
   luaL_checkstack(L, 8, NULL);

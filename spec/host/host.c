@@ -1,0 +1,71 @@
+/*
+** host.c -- a minimal Lua 5.4 interpreter for running the specs under
+** sanitizers.  It links Debian's static liblua5.4.a into an executable
+** built with the sanitizer, so that loom's instrumented core.so can be
+** loaded (an instrumented module cannot be loaded into the stock lua5.4).
+**
+** Usage, like lua5.4:  host [-e chunk]... [script [args...]]
+** The state is always closed at the end, so leaks are real leaks.
+*/
+#include <stdio.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) msg = luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int run(lua_State *L, int status) {
+  if (status == LUA_OK) {
+    int base = lua_gettop(L) - lua_tointeger(L, -1) - 1;
+    int nargs = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    status = lua_pcall(L, nargs, 0, base);
+    lua_remove(L, base);
+  }
+  if (status != LUA_OK) {
+    fprintf(stderr, "host: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  int i, status = LUA_OK, script = 0;
+  if (L == NULL) return 1;
+  luaL_openlibs(L);
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-e") == 0 && i + 1 < argc) {
+      status = luaL_loadstring(L, argv[++i]);
+      if (status == LUA_OK) lua_pushinteger(L, 0);
+      if (run(L, status) != LUA_OK) { lua_close(L); return 1; }
+    }
+    else { script = i; break; }
+  }
+  if (script) {
+    int k;
+    lua_createtable(L, argc - script, script + 1);
+    for (k = 0; k < argc; k++) {
+      lua_pushstring(L, argv[k]);
+      lua_rawseti(L, -2, k - script);
+    }
+    lua_setglobal(L, "arg");
+    status = luaL_loadfile(L, argv[script]);
+    if (status == LUA_OK) {
+      for (k = script + 1; k < argc; k++) lua_pushstring(L, argv[k]);
+      lua_pushinteger(L, argc - script - 1);
+    }
+    status = run(L, status);
+  }
+  lua_close(L);
+  return status == LUA_OK ? 0 : 1;
+}
