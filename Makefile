@@ -27,6 +27,10 @@ LUA_LIBDIR ?= $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)
 LUA_STATIC ?= $(LUA_LIBDIR)/liblua5.4.a
 BUSTED_BIN  = $(shell command -v busted)
 
+# Runs a script against this checkout's build.
+RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
+            LUA_CPATH_5_4='$(CURDIR)/?.so;;'
+
 .PHONY: all install test demo deps check lint asan tsan valgrind clean
 
 all: $(SO)
@@ -50,7 +54,7 @@ test: deps
 
 demo: deps
 	$(MAKE) all
-	$(LUA) -e 'package.path="lua/?.lua;lua/?/init.lua;"..package.path; package.cpath="./?.so;"..package.cpath' examples/demo.lua
+	$(RUN_LOCAL) $(LUA) examples/primes.lua 3000000 2
 
 # --- sanitizers ----------------------------------------------------------
 # The specs run in spec/host/host.c, a Lua host built with the sanitizer

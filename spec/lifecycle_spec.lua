@@ -123,7 +123,13 @@ describe("garbage collection", function()
     local ran = loom.channel()
     local function submit_and_forget()
       local ex = loom.executor(1)
-      for i = 1, 20 do ex:submit(function(x) ran:push(x) end, i) end
+      for i = 1, 20 do
+        ex:submit(function(x)
+          local sum = 0
+          for k = 1, 200000 do sum = sum + k end -- some work, so not all is over at once
+          ran:push(x + sum - sum)
+        end, i)
+      end
     end
     submit_and_forget()
     collectgarbage()

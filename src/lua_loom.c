@@ -357,6 +357,8 @@ static xhandle *checkexecutor(lua_State *L, int idx) {
   return x;
 }
 
+static void renew_sentinel(lua_State *L);
+
 /* core.executor(workers, name, init, init_args) */
 static int executor_new(lua_State *L) {
   mstate *ms = getmstate(L);
@@ -409,6 +411,7 @@ static int executor_new(lua_State *L) {
   loom_pool_incref(x->pool);
   ms->pools[ms->npools++] = x->pool;
   lua_settop(L, 5);
+  renew_sentinel(L);
   return 1;
 }
 
@@ -477,16 +480,46 @@ static int executor_close(lua_State *L) {
   return 0;
 }
 
-/* Collected: stop taking work; the queued tasks still run, and the
-** module record joins the workers (at the latest when the state closes). */
+/* Collected (or the state closes): shutdown{wait = true}.  No Lua is
+** run here: the callbacks of its futures run at the next waiting call. */
 static int executor_gc(lua_State *L) {
   xhandle *x = (xhandle *)luaL_checkudata(L, 1, LOOM_EXECUTOR);
   if (x->pool) {
     loom_pool_shutdown(x->pool, 0);
+    loom_pool_join(x->pool);
     loom_pool_decref(x->pool);
     x->pool = NULL;
   }
   return 0;
+}
+
+/*
+** The closing sentinel.  lua_close runs finalizers newest first, and
+** executor_gc waits for the executor's tasks; a task blocked on a
+** channel of this state would then hang the program's end.  So every
+** new executor also makes a new sentinel (retiring the previous one):
+** being newer than every executor, it is finalized first at lua_close,
+** and closes this state's channels, waking such tasks with "closed".
+** A retired sentinel, collected normally, does nothing.
+*/
+static int sentinel_gc(lua_State *L) {
+  int *retired = (int *)lua_touserdata(L, 1);
+  mstate *ms = getmstate(L);
+  int i;
+  if (*retired) return 0;
+  for (i = 0; i < ms->nchans; i++) loom_chan_close(ms->chans[i]);
+  return 0;
+}
+
+static void renew_sentinel(lua_State *L) {
+  int *s;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "loom.sentinel") == LUA_TUSERDATA)
+    *(int *)lua_touserdata(L, -1) = 1;
+  lua_pop(L, 1);
+  s = (int *)lua_newuserdatauv(L, sizeof *s, 0);
+  *s = 0;
+  luaL_setmetatable(L, "loom.Sentinel");
+  lua_setfield(L, LUA_REGISTRYINDEX, "loom.sentinel");
 }
 
 static int executor_workers(lua_State *L) {
@@ -1018,6 +1051,11 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   lua_setfield(L, -2, "__len");
   lua_pop(L, 1);
   newclass(L, LOOM_WATCHER, watcher_methods, watcher_gc, NULL, msi);
+  luaL_newmetatable(L, "loom.Sentinel");
+  lua_pushvalue(L, msi);
+  lua_pushcclosure(L, sentinel_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
   luaL_newmetatable(L, "loom.MsgBox");
   lua_pushcfunction(L, msgbox_gc);
   lua_setfield(L, -2, "__gc");

@@ -801,7 +801,9 @@ static int d_item(decoder *d, int upvalue) {
       dframe *f;
       int nups, k;
       if (!d->functions)
-        d_error(d, "functions are refused (decode with functions = true)");
+        loom_raise(L, "transfer", "refused a function at byte %d: decode "
+                   "with {functions = true} to accept bytecode",
+                   (int)(d->p - d->start - 1));
       if (len > d_left(d)) d_error(d, "truncated function");
       c.p = (const char *)d->p;
       c.left = (size_t)len;

@@ -193,6 +193,10 @@ local function absolute(path, root)
   return table.concat(entries, ";")
 end
 
+-- The interpreter for child processes: $LOOM_LUA (the sanitizer builds set
+-- it to their own Lua host), else lua5.4.
+helpers.LUA = os.getenv("LOOM_LUA") or "lua5.4"
+
 -- Runs the Lua source `code` in a fresh `lua5.4` process whose package.path
 -- and package.cpath are this process's, made absolute, so `require "loom"`
 -- finds the module under test. Returns the combined stdout and stderr, then
@@ -205,7 +209,7 @@ function helpers.run_lua(code)
     absolute(package.path, root), absolute(package.cpath, root)))
   f:write(code)
   f:close()
-  local p = assert(io.popen("lua5.4 " .. script .. " 2>&1"))
+  local p = assert(io.popen(helpers.LUA .. " " .. script .. " 2>&1"))
   local output = p:read("a")
   local ok, how, status = p:close()
   os.remove(script)
