@@ -31,7 +31,7 @@ BUSTED_BIN  = $(shell command -v busted)
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
 
-.PHONY: all install test demo deps check lint asan tsan valgrind clean
+.PHONY: all install test demo deps check lint asan tsan valgrind bench bench-plot fuzz soak clean
 
 all: $(SO)
 
@@ -81,6 +81,23 @@ build/%/host: spec/host/host.c
 asan tsan: %: deps build/%/host build/%/loom/core.so
 	$(SAN_ENV) LOOM_LUA=$(CURDIR)/build/$@/host LOOM_CPATH='$(CURDIR)/build/$@/?.so' \
 	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec
+
+# --- benchmarks, fuzzing, soak (scripts live beside their data) -----------
+bench: deps all
+	sh .ci/deps.sh python3
+	$(RUN_LOCAL) LUA=$(LUA) sh bench/run.sh
+
+bench-plot: deps all
+	sh .ci/deps.sh gnuplot python3
+	$(RUN_LOCAL) LUA=$(LUA) sh bench/plot.sh
+
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	sh .ci/deps.sh clang clang-rt
+	sh spec/fuzz/run.sh $(FUZZ_SECONDS)
+
+soak: deps all
+	$(BUSTED) --lua=$(LUA) --run=soak spec
 
 lint:
 	luacheck lua spec examples bench

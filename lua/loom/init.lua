@@ -4,7 +4,7 @@
 -- in Lua (option parsing, `map`, `as_completed`, `wait`) are here.
 local core = require "loom.core"
 
-local type, select, error, pairs, ipairs = type, select, error, pairs, ipairs
+local type, error, ipairs = type, error, ipairs
 local math_type, huge = math.type, math.huge
 local table_pack, table_unpack = table.pack, table.unpack
 local clock = core.clock
