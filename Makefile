@@ -99,8 +99,18 @@ fuzz: deps
 soak: deps all
 	$(BUSTED) --lua=$(LUA) --run=soak spec
 
+# valgrind memcheck over the specs (stock lua5.4 and the normal build);
+# errors, and anything definitely or indirectly lost, fail the run.
+VALGRIND = valgrind -q --error-exitcode=99 --leak-check=full \
+           --errors-for-leak-kinds=definite,indirect \
+           --show-leak-kinds=definite,indirect --num-callers=30
+valgrind: deps all
+	sh .ci/deps.sh valgrind
+	LOOM_LUA='$(VALGRIND) $(LUA)' $(VALGRIND) $(LUA) $(BUSTED_BIN) \
+	  --ignore-lua --run=valgrind spec
+
 lint:
 	luacheck lua spec examples bench
 
 clean:
-	rm -rf loom build
+	rm -rf loom build src/*.o

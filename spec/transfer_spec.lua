@@ -948,7 +948,7 @@ describe("transfer", function()
       end)
     end)
 
-    describe("every single-byte change", function()
+    describe("every single-byte change #exhaustive", function()
       it("of a message with nested tables, a cycle and shared metatables decodes or is refused", function()
         local message = loom.encode(sample_data())
         assert_no_problem(h.byte_changes(message), decodes_or_refuses(), #message * 255)
@@ -967,7 +967,7 @@ describe("transfer", function()
       end)
     end)
 
-    describe("random input", function()
+    describe("random input #exhaustive", function()
       local header = loom.encode(nil):sub(1, 5)
 
       it("of 50,000 random byte strings decodes or is refused", function()

@@ -67,9 +67,30 @@ typedef struct loom_chan loom_chan;
 ** they refer to (each holding one reference).  A message belongs to one
 ** thread at a time; it is handed over under a lock.
 */
+/*
+** The bytecode of one Lua function, shared between threads.  A state
+** caches it per closure, so a function submitted again is not dumped
+** again, and each worker caches the function it loaded from it.
+*/
+typedef struct loom_proto {
+  atomic_int refs;
+  int simple;              /* no upvalue but _ENV: workers may reuse it */
+  size_t len;
+  unsigned char code[1];
+} loom_proto;
+
+LOOM_API void loom_proto_decref(loom_proto *p);
+
+/* Something a message refers to by pointer, holding one reference. */
+typedef struct loom_ref {
+  int kind;                /* LOOM_REF_* */
+  void *p;
+} loom_ref;
+enum { LOOM_REF_CHAN, LOOM_REF_PROTO };
+
 typedef struct loom_msg {
   size_t len, cap;
-  loom_chan **refs;        /* channels, one reference each */
+  loom_ref *refs;          /* channels and protos, one reference each */
   int nrefs, refcap;
   unsigned char data[1];   /* len bytes used, cap allocated */
 } loom_msg;
@@ -171,6 +192,7 @@ typedef struct loom_future {
   loom_msg *task;          /* function and arguments */
   loom_msg *result;        /* results, or {error value, traceback} */
   int failed;              /* result holds {error value, traceback} */
+  int nchunk, nseq;        /* a map chunk: nchunk calls of nseq args */
   const char *errkind;     /* or a loom condition: kind (static) ... */
   char *errmsg;            /* ... and message (owned) */
 } loom_future;
@@ -182,6 +204,8 @@ struct loom_pool {
   pthread_cond_t work;     /* workers sleep here while the queue is empty */
   loom_future *head, *tail;   /* FIFO of pending futures, one ref each */
   int nworkers, nidle, nstarted, nexited;
+  int nspinning;           /* a worker is spinning for work (at most one) */
+  atomic_int nqueued;      /* tasks in the queue, readable without mu */
   int stopping;            /* shutdown: accept no more tasks */
   int joined;
   char *broken;            /* init failed: its message */
@@ -203,6 +227,15 @@ LOOM_API int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline);
 /* Called with pool->mu held: mark done and wake its waiters. */
 LOOM_API void loom_future_complete_locked(loom_future *f, int state);
 LOOM_API int loom_future_isdone(loom_future *f);
+
+/* A pause inside a spin loop. */
+#if defined(__x86_64__) || defined(__i386__)
+#define loom_cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define loom_cpu_relax() __asm__ __volatile__("yield")
+#else
+#define loom_cpu_relax() ((void)0)
+#endif
 
 /* Monotonic deadline 'secs' from now into *ts. */
 LOOM_API void loom_deadline(struct timespec *ts, double secs);

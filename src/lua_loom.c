@@ -39,6 +39,31 @@ typedef struct mstate {
 
 #define getmstate(L) ((mstate *)lua_touserdata(L, lua_upvalueindex(1)))
 
+/* The module record's user values: pending callbacks, then metatables
+** (kept there so the hot paths check types without a registry lookup). */
+enum { UV_CALLBACKS = 1, UV_FUTURE, UV_EXECUTOR, UV_CHANNEL, UV_N = UV_CHANNEL };
+
+/* The userdata at idx if its metatable is user value 'uv', else NULL. */
+static void *fastudata(lua_State *L, int idx, int uv) {
+  void *p = lua_touserdata(L, idx);
+  int same;
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  lua_getiuservalue(L, lua_upvalueindex(1), uv);
+  same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? p : NULL;
+}
+
+static void *checkud(lua_State *L, int idx, int uv, const char *tname) {
+  void *p = fastudata(L, idx, uv);
+  return p ? p : luaL_checkudata(L, idx, tname);   /* raises */
+}
+
+static void setmeta(lua_State *L, int uv) {
+  lua_getiuservalue(L, lua_upvalueindex(1), uv);
+  lua_setmetatable(L, -2);
+}
+
 static int grow(void **arr, int *cap, size_t elem) {
   int ncap = *cap ? *cap * 2 : 8;
   void *n = loom_realloc(*arr, elem * (size_t)ncap);
@@ -123,7 +148,7 @@ typedef struct fhandle {
 } fhandle;
 
 static loom_future *checkfuture(lua_State *L, int idx) {
-  fhandle *h = (fhandle *)luaL_checkudata(L, idx, LOOM_FUTURE);
+  fhandle *h = (fhandle *)checkud(L, idx, UV_FUTURE, LOOM_FUTURE);
   if (h->f == NULL) luaL_argerror(L, idx, "future is not initialised");
   return h->f;
 }
@@ -230,9 +255,7 @@ static int wait_one(loom_future *f, double timeout) {
   if (timeout == 0) return 0;
   for (spin = 0; spin < 2000; spin++) {   /* short tasks: skip sleeping */
     if (loom_future_isdone(f)) return 1;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    loom_cpu_relax();
   }
   if (timeout > 0) loom_deadline(&dl, timeout);
   loom_waiter_init(&w);
@@ -286,6 +309,26 @@ static int future_result(lua_State *L) {
     return lua_error(L);
   }
   return n;
+}
+
+/* f:_chunk([timeout]): the flat result list of a map chunk, as a table */
+static int future_chunk(lua_State *L) {
+  loom_future *f = checkfuture(L, 1);
+  int n, k;
+  await(L, f, 2);
+  lua_settop(L, 1);
+  n = push_outcome(L, f);
+  if (n < 0) {
+    lua_pop(L, 1);
+    return lua_error(L);
+  }
+  lua_createtable(L, n, 0);
+  for (k = n; k >= 1; k--) {
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, k);
+    lua_remove(L, -2);
+  }
+  return 1;
 }
 
 static int future_exception(lua_State *L) {
@@ -352,7 +395,7 @@ typedef struct xhandle {
 } xhandle;
 
 static xhandle *checkexecutor(lua_State *L, int idx) {
-  xhandle *x = (xhandle *)luaL_checkudata(L, idx, LOOM_EXECUTOR);
+  xhandle *x = (xhandle *)checkud(L, idx, UV_EXECUTOR, LOOM_EXECUTOR);
   if (x->pool == NULL) luaL_argerror(L, idx, "executor is not initialised");
   return x;
 }
@@ -395,7 +438,10 @@ static int executor_new(lua_State *L) {
     int k, na = 0, base = lua_gettop(L);
     lua_pushvalue(L, 3);
     if (!lua_isnil(L, 4)) {
-      na = (int)luaL_len(L, 4);
+      lua_Integer len = luaL_len(L, 4);
+      luaL_argcheck(L, len >= 0 && len <= 100000, 4,
+                    "init_args has an unreasonable length");
+      na = (int)len;
       luaL_checkstack(L, na, "too many init_args");
       for (k = 1; k <= na; k++) lua_geti(L, 4, k);
     }
@@ -428,7 +474,7 @@ static int executor_submit(lua_State *L) {
                       "cannot schedule new futures after shutdown");
   h = (fhandle *)lua_newuserdatauv(L, sizeof *h, 1);
   h->f = NULL;
-  luaL_setmetatable(L, LOOM_FUTURE);
+  setmeta(L, UV_FUTURE);
   lua_pushvalue(L, 1);                 /* a future keeps its executor */
   lua_setiuservalue(L, -2, 1);
   m = loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1, 1);
@@ -437,6 +483,46 @@ static int executor_submit(lua_State *L) {
     loom_msg_free(m);
     return luaL_error(L, "not enough memory");
   }
+  if (loom_pool_submit(x->pool, h->f) != 0)
+    return loom_raise(L, "shutdown",
+                      "cannot schedule new futures after shutdown");
+  return 1;
+}
+
+/* ex:_map_chunk(fn, i0, i1, seq1, ..., seqN): one task for the calls
+** fn(seq1[i], ..., seqN[i]), i = i0..i1; f:_chunk() collects it. */
+static int executor_map_chunk(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  lua_Integer i0 = luaL_checkinteger(L, 3), i1 = luaL_checkinteger(L, 4), i;
+  int nseq = lua_gettop(L) - 4, a, base;
+  fhandle *h;
+  loom_msg *m;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_argcheck(L, i0 >= 1 && i1 >= i0 && i1 - i0 < 100000, 4,
+                "bad chunk range");
+  luaL_argcheck(L, nseq >= 1 && nseq <= 250, 5, "bad number of sequences");
+  if (x->shut)
+    return loom_raise(L, "shutdown",
+                      "cannot schedule new futures after shutdown");
+  h = (fhandle *)lua_newuserdatauv(L, sizeof *h, 1);
+  h->f = NULL;
+  setmeta(L, UV_FUTURE);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  base = lua_gettop(L);
+  luaL_checkstack(L, (int)(i1 - i0 + 1) * nseq + 2, "chunk too large");
+  lua_pushvalue(L, 2);
+  for (i = i0; i <= i1; i++)
+    for (a = 0; a < nseq; a++) lua_geti(L, 5 + a, i);
+  m = loom_encode(L, base + 1, lua_gettop(L) - base, LOOM_AT_VALUE, 0, 1);
+  lua_settop(L, base);
+  h->f = loom_future_new(m);
+  if (h->f == NULL) {
+    loom_msg_free(m);
+    return luaL_error(L, "not enough memory");
+  }
+  h->f->nchunk = (int)(i1 - i0 + 1);
+  h->f->nseq = nseq;
   if (loom_pool_submit(x->pool, h->f) != 0)
     return loom_raise(L, "shutdown",
                       "cannot schedule new futures after shutdown");
@@ -661,7 +747,7 @@ void loom_pushchannel(lua_State *L, loom_chan *c) {
 }
 
 static loom_chan *checkchannel(lua_State *L, int idx) {
-  chandle *h = (chandle *)luaL_checkudata(L, idx, LOOM_CHANNEL);
+  chandle *h = (chandle *)checkud(L, idx, UV_CHANNEL, LOOM_CHANNEL);
   if (h->c == NULL) luaL_argerror(L, idx, "channel is not initialised");
   return h->c;
 }
@@ -874,6 +960,12 @@ static int l_error(lua_State *L) {
   return 1;
 }
 
+static int l_is_future(lua_State *L) {
+  fhandle *h = (fhandle *)fastudata(L, 1, UV_FUTURE);
+  lua_pushboolean(L, h != NULL && h->f != NULL);
+  return 1;
+}
+
 static int l_run_callbacks(lua_State *L) {
   run_callbacks(L);
   return 0;
@@ -956,6 +1048,7 @@ static const luaL_Reg future_methods[] = {
   {"done", future_done},
   {"add_done_callback", future_add_done_callback},
   {"_failed", future_failed},
+  {"_chunk", future_chunk},
   {NULL, NULL}
 };
 
@@ -964,6 +1057,7 @@ static const luaL_Reg executor_methods[] = {
   {"shutdown", executor_shutdown},
   {"close", executor_close},
   {"workers", executor_workers},
+  {"_map_chunk", executor_map_chunk},
   {NULL, NULL}
 };
 
@@ -990,6 +1084,7 @@ static const luaL_Reg funcs[] = {
   {"clock", l_clock},
   {"error", l_error},
   {"run_callbacks", l_run_callbacks},
+  {"is_future", l_is_future},
   {"_roundtrip", l_roundtrip},
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},
@@ -1023,7 +1118,7 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   /* one module record per state, however often the module is opened */
   if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE) == LUA_TNIL) {
     lua_pop(L, 1);
-    ms = (mstate *)lua_newuserdatauv(L, sizeof *ms, 1);
+    ms = (mstate *)lua_newuserdatauv(L, sizeof *ms, UV_N);
     memset(ms, 0, sizeof *ms);
     ms->prunechans = 16;
     lua_newtable(L);
@@ -1047,10 +1142,17 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   newclass(L, LOOM_CHANNEL, channel_methods, channel_gc, channel_tostring,
            msi);
   luaL_getmetatable(L, LOOM_CHANNEL);
-  lua_pushcfunction(L, channel_len);
+  lua_pushvalue(L, msi);
+  lua_pushcclosure(L, channel_len, 1);
   lua_setfield(L, -2, "__len");
   lua_pop(L, 1);
   newclass(L, LOOM_WATCHER, watcher_methods, watcher_gc, NULL, msi);
+  luaL_getmetatable(L, LOOM_FUTURE);
+  lua_setiuservalue(L, msi, UV_FUTURE);
+  luaL_getmetatable(L, LOOM_EXECUTOR);
+  lua_setiuservalue(L, msi, UV_EXECUTOR);
+  luaL_getmetatable(L, LOOM_CHANNEL);
+  lua_setiuservalue(L, msi, UV_CHANNEL);
   luaL_newmetatable(L, "loom.Sentinel");
   lua_pushvalue(L, msi);
   lua_pushcclosure(L, sentinel_gc, 1);

@@ -24,6 +24,7 @@
 #include "loom.h"
 
 #define WORKER_STACK (4u << 20)
+#define WORKER_SPIN 4000   /* pauses: some tens of microseconds */
 
 char *loom_strdup(const char *s) {
   size_t n = strlen(s) + 1;
@@ -81,6 +82,56 @@ static int send_error(lua_State *L) {
   return 0;
 }
 
+/* Push the traceback the message handler kept, and forget it. */
+static void push_traceback(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  if (!lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushstring(L, "(no traceback)");
+  }
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+}
+
+/*
+** A map chunk: call fn on nchunk argument lists, in order.  Stack:
+** [2] message handler, [base+1] fn, then the arguments, nseq per call.
+** The results go out as one flat list: for each call its result count
+** and results; a call that raised ends the list with -1, its error
+** value and traceback, and the calls after it do not run.
+*/
+static int run_chunk(lua_State *L, loom_future *f, int base, int n) {
+  int k = f->nchunk, q = f->nseq, out = lua_gettop(L), j, a;
+  if (n != 1 + k * q) return luaL_error(L, "malformed task");
+  for (j = 0; j < k; j++) {
+    int top = lua_gettop(L);
+    luaL_checkstack(L, q + 4, "too many results");
+    lua_pushinteger(L, 0);                  /* top+1: the count */
+    lua_pushvalue(L, base + 1);
+    for (a = 0; a < q; a++) lua_pushvalue(L, base + 2 + j * q + a);
+    if (lua_pcall(L, q, LUA_MULTRET, 2) == LUA_OK) {
+      lua_pushinteger(L, lua_gettop(L) - top - 1);
+      lua_replace(L, top + 1);
+      continue;
+    }
+    lua_pushinteger(L, -1);
+    lua_replace(L, top + 1);
+    push_traceback(L);
+    if (!lua_checkstack(L, 2)) break;
+    /* an error value that cannot be copied goes as its string form */
+    if (lua_type(L, top + 2) == LUA_TUSERDATA
+        || lua_type(L, top + 2) == LUA_TTHREAD
+        || lua_type(L, top + 2) == LUA_TFUNCTION) {
+      luaL_tolstring(L, top + 2, NULL);
+      lua_replace(L, top + 2);
+    }
+    break;
+  }
+  f->result = loom_encode(L, out + 1, lua_gettop(L) - out,
+                          LOOM_AT_RESULT, 0, 1);
+  return 0;
+}
+
 /*
 ** Run one task.  Protected: stack [1] = lightuserdata future.
 ** Leaves f->result/f->failed set, or raises (the caller turns that into
@@ -96,6 +147,7 @@ static int run_task(lua_State *L) {
   f->task = NULL;
   if (n < 1 || !lua_isfunction(L, base + 1))
     return luaL_error(L, "malformed task");
+  if (f->nchunk > 0) return run_chunk(L, f, base, n);
   st = lua_pcall(L, n - 1, LUA_MULTRET, 2);
   if (st == LUA_OK) {
     f->result = loom_encode(L, base + 1, lua_gettop(L) - base,
@@ -103,13 +155,7 @@ static int run_task(lua_State *L) {
     return 0;
   }
   /* the error value is at the top: send it and the traceback */
-  lua_getfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
-  if (!lua_isstring(L, -1)) {
-    lua_pop(L, 1);
-    lua_pushstring(L, "(no traceback)");
-  }
-  lua_pushnil(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  push_traceback(L);
   f->failed = 1;
   st = lua_gettop(L);
   lua_pushcfunction(L, send_error);
@@ -220,6 +266,7 @@ static void *worker_main(void *arg) {
     while ((f = p->head) != NULL) {
       p->head = f->next;
       if (p->head) p->head->prev = NULL; else p->tail = NULL;
+      atomic_fetch_sub_explicit(&p->nqueued, 1, memory_order_relaxed);
       fail_locked(f, "broken", p->broken ? p->broken : "init failed");
       loom_future_decref(f);
     }
@@ -232,12 +279,28 @@ static void *worker_main(void *arg) {
   for (;;) {
     loom_future *f;
     while (p->head == NULL && !p->stopping) {
+      /* Before sleeping, one worker spins a little: a task submitted
+      ** meanwhile then costs the submitter no wake-up call. */
+      if (p->nspinning == 0) {
+        int k;
+        p->nspinning = 1;
+        pthread_mutex_unlock(&p->mu);
+        for (k = 0; k < WORKER_SPIN; k++) {
+          if (atomic_load_explicit(&p->nqueued, memory_order_relaxed) > 0)
+            break;
+          loom_cpu_relax();
+        }
+        pthread_mutex_lock(&p->mu);
+        p->nspinning = 0;
+        if (p->head != NULL || p->stopping) break;
+      }
       p->nidle++;
       pthread_cond_wait(&p->work, &p->mu);
       p->nidle--;
     }
     f = p->head;
     if (f == NULL) break;   /* stopping and drained */
+    atomic_fetch_sub_explicit(&p->nqueued, 1, memory_order_relaxed);
     p->head = f->next;
     if (p->head) p->head->prev = NULL; else p->tail = NULL;
     f->next = f->prev = NULL;
@@ -274,6 +337,7 @@ loom_pool *loom_pool_new(loom_pool_config *cfg, const char **err) {
   if (p == NULL) return NULL;
   memset(p, 0, sizeof *p);
   atomic_init(&p->refs, 1);
+  atomic_init(&p->nqueued, 0);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);
   p->nworkers = cfg->workers;
@@ -336,7 +400,8 @@ int loom_pool_submit(loom_pool *p, loom_future *f) {
   f->prev = p->tail;
   if (p->tail) p->tail->next = f; else p->head = f;
   p->tail = f;
-  if (p->nidle > 0) pthread_cond_signal(&p->work);
+  atomic_fetch_add_explicit(&p->nqueued, 1, memory_order_relaxed);
+  if (p->nidle > 0 && p->nspinning == 0) pthread_cond_signal(&p->work);
   pthread_mutex_unlock(&p->mu);
   return 0;
 }
@@ -351,6 +416,7 @@ int loom_pool_cancel(loom_future *f) {
     if (f->prev) f->prev->next = f->next; else p->head = f->next;
     if (f->next) f->next->prev = f->prev; else p->tail = f->prev;
     f->next = f->prev = NULL;
+    atomic_fetch_sub_explicit(&p->nqueued, 1, memory_order_relaxed);
     loom_future_complete_locked(f, LOOM_CANCELLED);
     r = 2;
   }
@@ -372,6 +438,7 @@ void loom_pool_shutdown(loom_pool *p, int cancel_futures) {
       cancelled = f;
     }
     p->tail = NULL;
+    atomic_store_explicit(&p->nqueued, 0, memory_order_relaxed);
   }
   pthread_cond_broadcast(&p->work);
   pthread_mutex_unlock(&p->mu);

@@ -17,6 +17,8 @@
 **          | ENV                  -- the receiving state's globals
 **          | CHAN index           -- msg->refs[index], by reference
 **          | ERRMT                -- the receiver's loom.Error metatable
+**          | PROTO index          -- msg->refs[index]: shared bytecode of a
+**                                    function with no upvalue but _ENV
 **   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
 **
 ** Tables and functions are numbered in the order they first appear, so
@@ -40,8 +42,15 @@
 
 enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_INT8, T_FLT, T_STR, T_TABLE, T_FUNC,
-  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT
+  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT, T_PROTO
 };
+
+/* Registry keys (their addresses): the caller's closure -> bytecode
+** cache, and a worker's bytecode -> loaded function cache. */
+static const char FCACHE_KEY = 'f';
+static const char PCACHE_KEY = 'p';
+static const char SCRATCH_KEY = 's';
+#define PCACHE_MAX 4096
 
 /* ---------------------------------------------------------------- errors */
 
@@ -72,10 +81,24 @@ int loom_raise(lua_State *L, const char *kind, const char *fmt, ...) {
 
 /* ------------------------------------------------------------- messages */
 
-void loom_msg_free(loom_msg *m) {
+void loom_proto_decref(loom_proto *p) {
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1)
+    loom_free(p);
+}
+
+static void release_refs(loom_msg *m) {
   int i;
+  for (i = 0; i < m->nrefs; i++) {
+    if (m->refs[i].kind == LOOM_REF_CHAN)
+      loom_chan_decref((loom_chan *)m->refs[i].p);
+    else loom_proto_decref((loom_proto *)m->refs[i].p);
+  }
+  m->nrefs = 0;
+}
+
+void loom_msg_free(loom_msg *m) {
   if (m == NULL) return;
-  for (i = 0; i < m->nrefs; i++) loom_chan_decref(m->refs[i]);
+  release_refs(m);
   loom_free(m->refs);
   loom_free(m);
 }
@@ -93,12 +116,9 @@ typedef struct scratch {
 } scratch;
 
 static void scratch_reset(scratch *s) {
-  loom_msg *m = s->m;
-  int i;
-  if (m == NULL) return;
-  for (i = 0; i < m->nrefs; i++) loom_chan_decref(m->refs[i]);
-  m->nrefs = 0;
-  m->len = 0;
+  if (s->m == NULL) return;
+  release_refs(s->m);
+  s->m->len = 0;
 }
 
 static int scratch_gc(lua_State *L) {
@@ -137,22 +157,60 @@ enum { EP_ARRAY, EP_NEXT, EP_VALUE, EP_META, EP_DONE, EP_UPVAL };
 
 #define INLINE_FRAMES 32
 
+/* Stack slots of the encoder, relative to 'base'; all but the scratch
+** start as nil and are filled when first needed. */
+enum { S_SCRATCH = 1, S_SEEN, S_UPSEEN, S_FRAMES, S_GLOBALS, S_CFUNCS,
+       S_ERRMT, S_FCACHE, S_NSLOTS = S_FCACHE };
+
 typedef struct encoder {
   lua_State *L;
   scratch *s;
-  int seen;           /* stack index: object -> number */
-  int upseen;         /* stack index: upvalue id -> {fobj, up}, or 0 */
-  int globals;        /* stack index of the source's global table */
-  int cfuncs;         /* stack index of the C function map, or 0 */
-  int framebuf;       /* stack index of the frame userdata (or nil) */
+  int base;           /* the slots are base + S_* */
+  int have;           /* bit (1 << S_*) set once a slot is filled */
   int nobjs;
   int refs_ok;
   loom_place place;
   int argbase, root;  /* for error messages */
-  eframe *f;          /* frames: inline or in the framebuf userdata */
+  eframe *f;          /* frames: inline or in the S_FRAMES userdata */
   int nf, capf;
   eframe inl[INLINE_FRAMES];
 } encoder;
+
+/* The stack index of slot k, filling it on first use. */
+static int e_slot(encoder *e, int k) {
+  lua_State *L = e->L;
+  int idx = e->base + k;
+  if (e->have & (1 << k)) return idx;
+  switch (k) {
+    case S_SEEN: case S_UPSEEN: lua_newtable(L); break;
+    case S_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+      break;
+    case S_CFUNCS:
+      if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        loom_cfuncs_init(L);
+        lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
+      }
+      break;
+    case S_ERRMT: luaL_getmetatable(L, LOOM_ERROR); break;
+    case S_FCACHE:
+      if (lua_rawgetp(L, LUA_REGISTRYINDEX, &FCACHE_KEY) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);                 /* closure -> bytecode, weak */
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &FCACHE_KEY);
+      }
+      break;
+    default: lua_pushnil(L);
+  }
+  lua_replace(L, idx);
+  e->have |= 1 << k;
+  return idx;
+}
 
 static void e_grow(encoder *e, size_t need) {
   loom_msg *m = e->s->m;
@@ -170,14 +228,22 @@ static void e_grow(encoder *e, size_t need) {
 }
 
 static void e_bytes(encoder *e, const void *p, size_t n) {
-  e_grow(e, n);
-  memcpy(e->s->m->data + e->s->m->len, p, n);
-  e->s->m->len += n;
+  loom_msg *m = e->s->m;
+  if (m->cap - m->len < n) {
+    e_grow(e, n);
+    m = e->s->m;
+  }
+  memcpy(m->data + m->len, p, n);
+  m->len += n;
 }
 
 static void e_byte(encoder *e, int b) {
-  e_grow(e, 1);
-  e->s->m->data[e->s->m->len++] = (unsigned char)b;
+  loom_msg *m = e->s->m;
+  if (m->len == m->cap) {
+    e_grow(e, 1);
+    m = e->s->m;
+  }
+  m->data[m->len++] = (unsigned char)b;
 }
 
 static void e_varint(encoder *e, uint64_t v) {
@@ -284,7 +350,7 @@ static eframe *e_push(encoder *e) {
       e_error(e, "nesting deeper than 200000 levels");
     nf = (eframe *)lua_newuserdatauv(L, sizeof(eframe) * (size_t)ncap, 0);
     memcpy(nf, e->f, sizeof(eframe) * (size_t)e->nf);
-    lua_replace(L, e->framebuf);
+    lua_replace(L, e->base + S_FRAMES);
     e->f = nf;
     e->capf = ncap;
   }
@@ -294,9 +360,10 @@ static eframe *e_push(encoder *e) {
 /* Number a new object (at stack top); returns its number. */
 static int e_register(encoder *e) {
   lua_State *L = e->L;
+  int seen = e_slot(e, S_SEEN);
   lua_pushvalue(L, -1);
   lua_pushinteger(L, e->nobjs);
-  lua_rawset(L, e->seen);
+  lua_rawset(L, seen);
   return e->nobjs++;
 }
 
@@ -304,8 +371,10 @@ static int e_register(encoder *e) {
 static int e_seen(encoder *e) {
   lua_State *L = e->L;
   int r = -1;
+  if (!(e->have & (1 << S_SEEN))) return -1;  /* nothing numbered yet */
   lua_pushvalue(L, -1);
-  if (lua_rawget(L, e->seen) == LUA_TNUMBER) r = (int)lua_tointeger(L, -1);
+  if (lua_rawget(L, e->base + S_SEEN) == LUA_TNUMBER)
+    r = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
   return r;
 }
@@ -314,9 +383,11 @@ static const char *cfunc_name(encoder *e) {
   lua_State *L = e->L;
   lua_CFunction fn = lua_tocfunction(L, -1);
   const char *name = NULL;
-  if (e->cfuncs == 0 || fn == NULL) return NULL;
+  int cfuncs;
+  if (fn == NULL) return NULL;
+  cfuncs = e_slot(e, S_CFUNCS);
   lua_pushlightuserdata(L, (void *)(size_t)fn);  /* key by pointer value */
-  if (lua_rawget(L, e->cfuncs) == LUA_TSTRING) name = lua_tostring(L, -1);
+  if (lua_rawget(L, cfuncs) == LUA_TSTRING) name = lua_tostring(L, -1);
   lua_pop(L, 1);  /* the name string stays alive in the map */
   return name;
 }
@@ -341,33 +412,111 @@ static void e_table(encoder *e, int index) {
   f->objindex = index;
 }
 
-static void e_function(encoder *e, int index) {
+/* Add a reference to the message being written; returns its index. */
+static int e_addref(encoder *e, int kind, void *p) {
+  loom_msg *m = e->s->m;
+  if (m->nrefs == m->refcap) {
+    int ncap = m->refcap ? m->refcap * 2 : 4;
+    loom_ref *r = (loom_ref *)loom_realloc(m->refs,
+                                           sizeof(loom_ref) * (size_t)ncap);
+    if (r == NULL) luaL_error(e->L, "not enough memory");
+    m->refs = r;
+    m->refcap = ncap;
+  }
+  m->refs[m->nrefs].kind = kind;
+  m->refs[m->nrefs].p = p;
+  return m->nrefs++;
+}
+
+/* A userdata owning one reference to a proto. */
+typedef struct protobox { loom_proto *p; } protobox;
+
+static int protobox_gc(lua_State *L) {
+  protobox *b = (protobox *)lua_touserdata(L, 1);
+  if (b->p) loom_proto_decref(b->p);
+  b->p = NULL;
+  return 0;
+}
+
+static protobox *newprotobox(lua_State *L) {
+  protobox *b = (protobox *)lua_newuserdatauv(L, sizeof *b, 1);
+  b->p = NULL;
+  if (luaL_newmetatable(L, "loom.Proto")) {
+    lua_pushcfunction(L, protobox_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+/*
+** The bytecode of the Lua function at the top, from this state's cache
+** (closure -> proto, weak keys), dumping it on a miss.  The dump goes to
+** the end of the message being written and is then moved into the proto.
+*/
+static loom_proto *e_proto(encoder *e, int nups) {
+  lua_State *L = e->L;
+  int cache = e_slot(e, S_FCACHE);
+  protobox *b;
+  loom_msg *m;
+  size_t start, len;
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, cache) == LUA_TUSERDATA) {
+    loom_proto *p = ((protobox *)lua_touserdata(L, -1))->p;
+    lua_pop(L, 1);
+    return p;
+  }
+  lua_pop(L, 1);
+  b = newprotobox(L);
+  lua_pushvalue(L, -2);           /* the function */
+  start = e->s->m->len;
+  if (lua_dump(L, dump_writer, e, 0) != 0)
+    luaL_error(L, "not enough memory");
+  lua_pop(L, 1);
+  m = e->s->m;
+  len = m->len - start;
+  b->p = (loom_proto *)loom_malloc(offsetof(loom_proto, code) + len);
+  if (b->p == NULL) luaL_error(L, "not enough memory");
+  atomic_init(&b->p->refs, 1);
+  b->p->len = len;
+  memcpy(b->p->code, m->data + start, len);
+  m->len = start;                 /* take the dump back out */
+  if (nups == 0) b->p->simple = 1;
+  else {
+    const char *name = lua_getupvalue(L, -2, 1);
+    lua_pop(L, 1);
+    b->p->simple = nups == 1 && name != NULL && strcmp(name, "_ENV") == 0;
+  }
+  lua_pushvalue(L, -2);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, cache);           /* function -> box */
+  lua_pop(L, 1);
+  return b->p;
+}
+
+static void e_function(encoder *e) {
   lua_State *L = e->L;
   eframe *f;
-  size_t lenpos, start;
-  int nups = 0;
-  unsigned char lenbuf[10];
-  uint64_t blen;
-  int k;
+  loom_proto *p;
+  int nups = 0, index;
   while (lua_getupvalue(L, -1, nups + 1) != NULL) {
     lua_pop(L, 1);
     nups++;
   }
   if (nups > 255) e_error(e, "function has too many upvalues");
-  e_byte(e, T_FUNC);
-  /* the bytecode length is not known before dumping: reserve 10 bytes */
-  lenpos = e->s->m->len;
-  e_bytes(e, "\0\0\0\0\0\0\0\0\0\0", 10);
-  start = e->s->m->len;
-  if (lua_dump(L, dump_writer, e, 0) != 0)
-    luaL_error(L, "not enough memory");
-  blen = (uint64_t)(e->s->m->len - start);
-  for (k = 0; k < 9; k++) {  /* fixed-width varint: 9 x 7 bits + 1 byte */
-    lenbuf[k] = (unsigned char)((blen & 0x7f) | 0x80);
-    blen >>= 7;
+  p = e_proto(e, nups);
+  if (p->simple && e->refs_ok) {  /* sent by reference, loaded once */
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+    index = e_addref(e, LOOM_REF_PROTO, p);
+    e_byte(e, T_PROTO);
+    e_varint(e, (uint64_t)index);
+    lua_pop(L, 1);
+    return;
   }
-  lenbuf[9] = (unsigned char)blen;
-  memcpy(e->s->m->data + lenpos, lenbuf, 10);
+  index = e_register(e);
+  e_byte(e, T_FUNC);
+  e_varint(e, p->len);
+  e_bytes(e, p->code, p->len);
   e_byte(e, nups);
   f = e_push(e);
   f->obj = lua_gettop(L);
@@ -419,10 +568,15 @@ static void e_item(encoder *e) {
     }
     case LUA_TTABLE: case LUA_TFUNCTION: {
       int idx;
-      if (lua_rawequal(L, -1, e->globals)) { e_byte(e, T_ENV); break; }
-      if (lua_rawequal(L, -1, e->globals + 2)) {  /* loom's error class */
-        e_byte(e, T_ERRMT);
-        break;
+      if (lua_type(L, -1) == LUA_TTABLE) {
+        if (lua_rawequal(L, -1, e_slot(e, S_GLOBALS))) {
+          e_byte(e, T_ENV);
+          break;
+        }
+        if (lua_rawequal(L, -1, e_slot(e, S_ERRMT))) {  /* loom's errors */
+          e_byte(e, T_ERRMT);
+          break;
+        }
       }
       idx = e_seen(e);
       if (idx >= 0) {
@@ -447,29 +601,20 @@ static void e_item(encoder *e) {
         e_bytes(e, name, len);
         break;
       }
-      if (!lua_checkstack(L, 4)) e_error(e, "value nested too deeply");
-      e_function(e, e_register(e));
+      if (!lua_checkstack(L, 6)) e_error(e, "value nested too deeply");
+      e_function(e);
       return;
     }
     case LUA_TUSERDATA: {
       loom_chan *c = loom_tochannel(L, -1);
-      loom_msg *m;
+      int idx;
       if (c == NULL) e_error(e, "cannot transfer a userdata");
       if (!e->refs_ok)
         e_error(e, "cannot encode a channel into a string");
-      m = e->s->m;
-      if (m->nrefs == m->refcap) {
-        int ncap = m->refcap ? m->refcap * 2 : 4;
-        loom_chan **r = (loom_chan **)loom_realloc(
-            m->refs, sizeof(loom_chan *) * (size_t)ncap);
-        if (r == NULL) luaL_error(L, "not enough memory");
-        m->refs = r;
-        m->refcap = ncap;
-      }
       loom_chan_incref(c);
-      m->refs[m->nrefs++] = c;
-      e_byte(e, T_CHAN);   /* may move the message: m is stale below */
-      e_varint(e, (uint64_t)(e->s->m->nrefs - 1));
+      idx = e_addref(e, LOOM_REF_CHAN, c);
+      e_byte(e, T_CHAN);
+      e_varint(e, (uint64_t)idx);
       break;
     }
     case LUA_TLIGHTUSERDATA:
@@ -508,13 +653,8 @@ static void e_run(encoder *e) {
         e_byte(e, T_ENV);
         continue;
       }
-      if (e->upseen == 0) {  /* made on the first upvalue */
-        lua_newtable(L);
-        lua_replace(L, e->seen + 1);
-        e->upseen = e->seen + 1;
-      }
       lua_pushlightuserdata(L, id);
-      if (lua_rawget(L, e->upseen) == LUA_TNUMBER) {  /* shared upvalue */
+      if (lua_rawget(L, e_slot(e, S_UPSEEN)) == LUA_TNUMBER) {  /* shared */
         lua_Integer v = lua_tointeger(L, -1);
         lua_pop(L, 2);
         e_byte(e, T_JOIN);
@@ -525,7 +665,7 @@ static void e_run(encoder *e) {
       lua_pop(L, 1);
       lua_pushlightuserdata(L, id);
       lua_pushinteger(L, ((lua_Integer)f->objindex << 8) | (f->i - 1));
-      lua_rawset(L, e->upseen);
+      lua_rawset(L, e->base + S_UPSEEN);
       e_item(e);
       continue;
     }
@@ -585,21 +725,22 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   encoder e;
   scratch *s;
   loom_msg *m;
-  int base, i;
+  int i;
   first = lua_absindex(L, first);
-  luaL_checkstack(L, 8, "value nested too deeply");
-  base = lua_gettop(L);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_SCRATCH "*") == LUA_TNIL) {
+  luaL_checkstack(L, S_NSLOTS + 8, "value nested too deeply");
+  e.base = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY) != LUA_TUSERDATA) {
     lua_pop(L, 1);
     newscratch(L);
     lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, LOOM_SCRATCH "*");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
   }
   s = (scratch *)lua_touserdata(L, -1);
   if (s->busy) {  /* nested encode from a finalizer: use a fresh one */
     lua_pop(L, 1);
     s = newscratch(L);
   }
+  lua_settop(L, e.base + S_NSLOTS);   /* the other slots, all nil */
   s->busy = 1;
   scratch_reset(s);
   if (s->m == NULL) {
@@ -611,6 +752,7 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   }
   e.L = L;
   e.s = s;
+  e.have = 0;
   e.nobjs = 0;
   e.refs_ok = refs_ok;
   e.place = place;
@@ -619,21 +761,6 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   e.f = e.inl;
   e.nf = 0;
   e.capf = INLINE_FRAMES;
-  lua_newtable(L);                 /* base+2: seen */
-  e.seen = lua_gettop(L);
-  lua_pushnil(L);                  /* base+3: upvalue ids, made lazily */
-  e.upseen = 0;
-  lua_pushnil(L);                  /* base+4: frame buffer */
-  e.framebuf = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);  /* base+5 */
-  e.globals = lua_gettop(L);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    loom_cfuncs_init(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
-  }
-  e.cfuncs = lua_gettop(L);        /* base+6 */
-  luaL_getmetatable(L, LOOM_ERROR);  /* base+7 = globals+2 */
   e_bytes(&e, MAGIC, 4);
   e_byte(&e, VERSION);
   e_bytes(&e, "\0\0\0\0", 4);      /* nobjs, patched below */
@@ -648,7 +775,7 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   put_u32(m->data + 5, (uint32_t)e.nobjs);
   s->m = NULL;   /* the caller owns the message now */
   s->busy = 0;
-  lua_settop(L, base);
+  lua_settop(L, e.base);
   return m;
 }
 
@@ -739,6 +866,8 @@ static void d_register(decoder *d) {
   lua_rawseti(L, d->objs, ++d->nobjs);
 }
 
+
+
 typedef struct chunk { const char *p; size_t left; } chunk;
 
 static const char *d_reader(lua_State *L, void *ud, size_t *sz) {
@@ -747,6 +876,60 @@ static const char *d_reader(lua_State *L, void *ud, size_t *sz) {
   *sz = c->left;
   c->left = 0;
   return *sz ? c->p : NULL;
+}
+
+/*
+** Push the function loaded from proto p, from this state's cache
+** (lightuserdata p -> box holding a reference to p, whose uservalue is
+** the function).  The box keeps p alive, so its address cannot be
+** reused while it is a key.  Such functions have no upvalue but _ENV,
+** which lua_load sets to the globals; one closure serves every task.
+*/
+static void d_proto(decoder *d, loom_proto *p) {
+  lua_State *L = d->L;
+  chunk c;
+  protobox *b;
+  lua_Integer n;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PCACHE_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PCACHE_KEY);
+  }
+  if (lua_rawgetp(L, -1, p) == LUA_TUSERDATA) {
+    lua_getiuservalue(L, -1, 1);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "n");
+  n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (n >= PCACHE_MAX) {   /* full: start over; old boxes are collected */
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PCACHE_KEY);
+    n = 0;
+  }
+  b = newprotobox(L);
+  atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+  b->p = p;
+  c.p = (const char *)p->code;
+  c.left = p->len;
+  if (lua_load(L, d_reader, &c, "=?", "b") != LUA_OK) {
+    lua_pop(L, 1);
+    d_error(d, "bad bytecode");
+  }
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, -3, 1);     /* box.uservalue = function */
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -4, p);           /* cache[p] = box */
+  lua_pushinteger(L, n + 1);
+  lua_setfield(L, -4, "n");
+  lua_replace(L, -3);              /* function over the cache */
+  lua_pop(L, 1);
 }
 
 /*
@@ -852,9 +1035,18 @@ static int d_item(decoder *d, int upvalue) {
       return 0;
     case T_CHAN: {
       uint64_t k = d_varint(d);
-      if (d->m == NULL || k >= (uint64_t)d->m->nrefs)
+      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
+          || d->m->refs[k].kind != LOOM_REF_CHAN)
         d_error(d, "bad channel reference");
-      loom_pushchannel(L, d->m->refs[k]);
+      loom_pushchannel(L, (loom_chan *)d->m->refs[k].p);
+      return 0;
+    }
+    case T_PROTO: {
+      uint64_t k = d_varint(d);
+      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
+          || d->m->refs[k].kind != LOOM_REF_PROTO)
+        d_error(d, "bad function reference");
+      d_proto(d, (loom_proto *)d->m->refs[k].p);
       return 0;
     }
     case T_JOIN: {
@@ -936,7 +1128,8 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
     d_error(&d, "bad counts");
   luaL_checkstack(L, (int)nvalues + 8, "too many values");
   base = lua_gettop(L);
-  lua_createtable(L, (int)nobjs, 0);
+  if (nobjs > 0) lua_createtable(L, (int)nobjs, 0);
+  else lua_pushnil(L);   /* nothing will be numbered */
   d.objs = lua_gettop(L);
   d.nobjs = 0;
   d.maxobjs = (int)nobjs;

@@ -81,7 +81,7 @@ local function distinct(futures, fname)
   local list, seen = {}, {}
   for i = 1, #futures do
     local f = futures[i]
-    if getmetatable(f) == nil or not pcall(f.done, f) then
+    if not core.is_future(f) then
       argerror(1, fname, ("element #%d is not a future"):format(i))
     end
     if not seen[f] then
@@ -161,26 +161,6 @@ function loom.wait(futures, opts)
   return done, not_done
 end
 
--- Runs a chunk of calls in a worker: for a map with chunksize > 1.
--- Returns {n = count, [k] = packed results}, and, if call k raised,
--- k and the error value and its traceback.
-local function run_chunk(fn, calls)
-  local out = {}
-  for k = 1, #calls do
-    local args = calls[k]
-    local tb
-    local r = table.pack(xpcall(fn, function(e)
-      tb = debug.traceback(tostring(e), 2)
-      return e
-    end, table.unpack(args, 1, args.n)))
-    if not r[1] then
-      return out, k, r[2], tb
-    end
-    out[k] = r
-  end
-  return out
-end
-
 local Executor = core.Executor
 
 --- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =}
@@ -225,36 +205,34 @@ function Executor:map(fn, ...)
   if chunksize == 1 then
     for i = 1, n do futures[i] = self:submit(fn, args_of(i)) end
   else
+    -- one task per chunk; its results come back as one flat list:
+    -- count, results..., for each call; -1, error, traceback on a failure
     for c = 1, math.ceil(n / chunksize) do
-      local calls = {}
-      for i = (c - 1) * chunksize + 1, math.min(c * chunksize, n) do
-        calls[#calls + 1] = table_pack(args_of(i))
-      end
-      futures[c] = self:submit(run_chunk, fn, calls)
+      futures[c] = self:_map_chunk(fn, (c - 1) * chunksize + 1,
+                                   math.min(c * chunksize, n),
+                                   table_unpack(seqs, 1, nseq))
     end
   end
   local closer = setmetatable({}, { __close = function()
     for _, f in ipairs(futures) do f:cancel() end
   end })
-  local i, chunk, chunk_index, fail_k, fail_err = 0, nil, 0, nil, nil
+  local i, chunk, chunk_index, pos = 0, nil, 0, 1
   local function step()
     if i >= n then return nil end
     i = i + 1
     local left = deadline and deadline - clock()
     if left and left < 0 then left = 0 end
     if chunksize == 1 then
-      local f = futures[i]
-      return i, f:result(left)
+      return i, futures[i]:result(left)
     end
     local c = (i - 1) // chunksize + 1
     if c ~= chunk_index then
-      chunk, fail_k, fail_err = futures[c]:result(left)
-      chunk_index = c
+      chunk, chunk_index, pos = futures[c]:_chunk(left), c, 1
     end
-    local k = i - (c - 1) * chunksize
-    if fail_k and k >= fail_k then error(fail_err, 0) end
-    local r = chunk[k]
-    return i, table_unpack(r, 2, r.n)
+    local count = chunk[pos]
+    if count == -1 then error(chunk[pos + 1], 0) end
+    pos = pos + 1 + count
+    return i, table_unpack(chunk, pos - count, pos - 1)
   end
   return step, nil, nil, closer
 end
