@@ -31,7 +31,7 @@ BUSTED_BIN  = $(shell command -v busted)
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
 
-.PHONY: all install test demo deps check lint asan tsan valgrind bench bench-plot fuzz soak clean
+.PHONY: all install test demo deps check lint asan tsan valgrind failpoints bench bench-plot fuzz soak clean
 
 all: $(SO)
 
@@ -64,6 +64,7 @@ SAN_CC     ?= gcc
 ASAN_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=all \
               -fno-omit-frame-pointer -g -O1
 TSAN_FLAGS  = -fsanitize=thread -fno-omit-frame-pointer -g -O1
+FAILPOINTS_FLAGS = $(ASAN_FLAGS) -DLOOM_FAILPOINTS
 SAN_ENV     = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1 \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
               TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/spec/host/tsan.supp"
@@ -80,6 +81,7 @@ build/%/host: spec/host/host.c
 
 asan tsan: %: deps build/%/host build/%/loom/core.so
 	$(SAN_ENV) LOOM_LUA=$(CURDIR)/build/$@/host LOOM_CPATH='$(CURDIR)/build/$@/?.so' \
+	  LOOM_KEEP_LOADED=$(CURDIR)/build/$@/loom/core.so \
 	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec
 
 # --- benchmarks, fuzzing, soak (scripts live beside their data) -----------
@@ -108,6 +110,12 @@ valgrind: deps all
 	sh .ci/deps.sh valgrind
 	LOOM_LUA='$(VALGRIND) $(LUA)' $(VALGRIND) $(LUA) $(BUSTED_BIN) \
 	  --ignore-lua --run=valgrind spec
+
+# Allocation failures, injected one at a time (see alloc_failure_spec).
+failpoints: deps build/failpoints/host build/failpoints/loom/core.so
+	$(SAN_ENV) LOOM_LUA=$(CURDIR)/build/$@/host \
+	  LOOM_KEEP_LOADED=$(CURDIR)/build/$@/loom/core.so \
+	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec/alloc_failure_spec.lua
 
 lint:
 	luacheck lua spec examples bench

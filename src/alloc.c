@@ -11,29 +11,40 @@
 #include "loom.h"
 
 #ifdef LOOM_FAILPOINTS
-static atomic_long fp_countdown;  /* >0: fail when it reaches 0 */
+static atomic_long fp_countdown;  /* fail as it goes 1 -> 0 and 0 -> -1 */
 static atomic_long fp_counted;
 static atomic_int fp_which;
+static atomic_int fp_fired;
 
 void loom_failpoint_arm(long k, int which) {
+  atomic_store(&fp_countdown, -1);   /* disarmed while being set */
   atomic_store(&fp_counted, 0);
+  atomic_store(&fp_fired, 0);
   atomic_store(&fp_which, which);
-  atomic_store(&fp_countdown, k);
+  atomic_store(&fp_countdown, k > 0 ? k : -1);
 }
 
 long loom_failpoint_count(void) { return atomic_load(&fp_counted); }
+int loom_failpoint_fired(void) { return atomic_load(&fp_fired); }
 
+/* The k-th allocation fails, and so does the one right after it: Lua
+** answers a failed allocation with an emergency collection and one
+** retry, which would otherwise hide every injected failure. */
 static int should_fail(int which) {
+  long left;
   if (!(atomic_load_explicit(&fp_which, memory_order_relaxed) & which))
     return 0;
-  if (atomic_load_explicit(&fp_countdown, memory_order_relaxed) <= 0)
+  if (atomic_load_explicit(&fp_countdown, memory_order_relaxed) <= -1)
     return 0;
-  atomic_fetch_add(&fp_counted, 1);
-  return atomic_fetch_sub(&fp_countdown, 1) == 1;
+  left = atomic_fetch_sub(&fp_countdown, 1);
+  if (left > 1) atomic_fetch_add(&fp_counted, 1);
+  if (left == 1) atomic_store(&fp_fired, 1);
+  return left == 1 || left == 0;
 }
 #else
 void loom_failpoint_arm(long k, int which) { (void)k; (void)which; }
 long loom_failpoint_count(void) { return -1; }
+int loom_failpoint_fired(void) { return 0; }
 #define should_fail(w) 0
 #endif
 

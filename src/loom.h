@@ -55,6 +55,7 @@ LOOM_API void *loom_lua_alloc(void *ud, void *p, size_t osize, size_t nsize);
 ** 0 disarms. Returns the number of allocations counted since arming. */
 LOOM_API void loom_failpoint_arm(long k, int which);
 LOOM_API long loom_failpoint_count(void);
+LOOM_API int loom_failpoint_fired(void);
 #define LOOM_FAIL_LUA  1   /* worker lua_State allocations */
 #define LOOM_FAIL_CORE 2   /* loom_malloc/loom_realloc */
 

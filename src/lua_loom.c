@@ -280,10 +280,16 @@ static int push_outcome(lua_State *L, loom_future *f) {
   if (f->errkind) {
     loom_pusherror(L, f->errkind, "%s",
                    f->errmsg ? f->errmsg : "not enough memory");
-    lua_pushnil(L);
+    lua_pushliteral(L, "(no traceback)");
     return -1;
   }
-  if (f->result == NULL) return 0;
+  if (f->result == NULL) {
+    /* the worker failed outside the task (out of memory, most likely):
+    ** a plain string error, as if the task had raised it */
+    lua_pushstring(L, f->errmsg ? f->errmsg : "not enough memory");
+    lua_pushliteral(L, "(no traceback)");
+    return -1;
+  }
   {
     int n = loom_decode(L, f->result->data, f->result->len, 1, f->result);
     return f->failed ? -1 : n;
@@ -336,7 +342,7 @@ static int future_exception(lua_State *L) {
   int n;
   await(L, f, 2);
   lua_settop(L, 1);
-  if (!f->failed && !f->errkind) {
+  if (!f->failed && !f->errkind && f->result != NULL) {
     lua_pushnil(L);
     return 1;
   }
@@ -373,7 +379,8 @@ static int future_done(lua_State *L) {
 static int future_failed(lua_State *L) {
   loom_future *f = checkfuture(L, 1);
   lua_pushboolean(L, atomic_load(&f->state) == LOOM_FINISHED
-                     && (f->failed || f->errkind != NULL));
+                     && (f->failed || f->errkind != NULL
+                         || f->result == NULL));
   return 1;
 }
 
@@ -798,22 +805,23 @@ static int channel_push(lua_State *L) {
 static int channel_pop(lua_State *L) {
   loom_chan *c = checkchannel(L, 1);
   double t = opttimeout(L, 2);
-  loom_msg *m = NULL;
-  int r = loom_chan_pop(c, t, &m);
+  loom_msg *m = NULL, **box;
+  int r;
+  /* decode can raise: the message is owned by a userdata meanwhile,
+  ** made before the message leaves the channel */
+  box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, "loom.MsgBox");
+  r = loom_chan_pop(c, t, &m);
   if (r != 0) {
     lua_pushnil(L);
     lua_pushstring(L, r == 1 ? "closed" : "timeout");
     return 2;
   }
-  /* decode can raise: keep the message owned by a userdata meanwhile */
-  {
-    loom_msg **box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
-    *box = m;
-    luaL_setmetatable(L, "loom.MsgBox");
-    loom_decode(L, m->data, m->len, 1, m);
-    loom_msg_free(m);
-    *box = NULL;
-  }
+  *box = m;
+  loom_decode(L, m->data, m->len, 1, m);
+  loom_msg_free(m);
+  *box = NULL;
   return 1;
 }
 
@@ -845,18 +853,18 @@ static int channel_tostring(lua_State *L) {
 
 static int l_encode(lua_State *L) {
   loom_msg *m;
+  loom_msg **box;
   luaL_checkany(L, 1);
   lua_settop(L, 1);
+  /* pushing the string may fail: a userdata owns the message meanwhile */
+  box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, "loom.MsgBox");
   m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
-  /* pushing the string may fail: own the message meanwhile */
-  {
-    loom_msg **box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
-    *box = m;
-    luaL_setmetatable(L, "loom.MsgBox");
-    lua_pushlstring(L, (const char *)m->data, m->len);
-    loom_msg_free(m);
-    *box = NULL;
-  }
+  *box = m;
+  lua_pushlstring(L, (const char *)m->data, m->len);
+  loom_msg_free(m);
+  *box = NULL;
   return 1;
 }
 
@@ -976,8 +984,9 @@ static int l_failpoint(lua_State *L) {
   static const char *const opts[] = { "lua", "core", "both", NULL };
   int which = luaL_checkoption(L, 2, "both", opts) + 1;
   lua_pushinteger(L, loom_failpoint_count());
+  lua_pushboolean(L, loom_failpoint_fired());
   loom_failpoint_arm((long)k, which);
-  return 1;
+  return 2;
 }
 
 static int error_tostring(lua_State *L) {

@@ -172,6 +172,34 @@ static int run_task(lua_State *L) {
   return 0;
 }
 
+/* Protected: [1] = char **out, [2] = an error value; its text. */
+static int error_text(lua_State *L) {
+  char **out = (char **)lua_touserdata(L, 1);
+  const char *msg = NULL;
+  if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "message")
+                                      == LUA_TSTRING)
+    msg = lua_tostring(L, -1);
+  if (msg == NULL) msg = luaL_tolstring(L, 2, NULL);
+  *out = loom_strdup(msg);
+  return 0;
+}
+
+/*
+** The text of the error value at idx, as a new C string, or NULL when
+** even that runs out of memory.  Turning a value into text can allocate,
+** so it runs protected: an unprotected error here would end the process.
+*/
+static char *safe_error_text(lua_State *L, int idx) {
+  char *out = NULL;
+  idx = lua_absindex(L, idx);
+  if (!lua_checkstack(L, 4)) return NULL;
+  lua_pushcfunction(L, error_text);     /* these pushes never allocate */
+  lua_pushlightuserdata(L, &out);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
+  return out;
+}
+
 static void worker_run(lua_State *L, loom_future *f) {
   int st;
   lua_settop(L, 0);
@@ -179,21 +207,15 @@ static void worker_run(lua_State *L, loom_future *f) {
   lua_pushlightuserdata(L, f);
   st = lua_pcall(L, 1, 0, 0);
   if (st == LUA_OK) return;
-  /* The task could not start, or its results could not be copied. */
+  /* The task could not start, or its results could not be copied, or
+  ** the worker ran out of memory outside the task's own code. */
   loom_msg_free(f->result);
   f->result = NULL;
   f->failed = 0;
-  if (lua_istable(L, -1)) {   /* a loom condition, e.g. transfer */
-    lua_getfield(L, -1, "message");
-    f->errkind = "transfer";
-    f->errmsg = loom_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1)
-                                                : "cannot copy the results");
-  }
-  else {   /* out of memory, most likely: report Lua's message */
-    const char *msg = lua_tostring(L, -1);
-    f->errkind = st == LUA_ERRMEM ? "memory" : "transfer";
-    f->errmsg = loom_strdup(msg ? msg : "task failed");
-  }
+  f->errmsg = safe_error_text(L, -1);
+  if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TTABLE)
+    f->errkind = "transfer";   /* loom's own error: results not copyable */
+  /* else: raised to the caller as a plain string (NULL: out of memory) */
   lua_settop(L, 0);
 }
 
@@ -245,12 +267,7 @@ static void *worker_main(void *arg) {
     lua_pushcfunction(L, worker_setup);
     lua_pushlightuserdata(L, p);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      const char *msg = lua_tostring(L, -1);
-      if (msg == NULL && lua_istable(L, -1)) {
-        lua_getfield(L, -1, "message");
-        msg = lua_tostring(L, -1);
-      }
-      broken = loom_strdup(msg ? msg : "(error object is not a string)");
+      broken = safe_error_text(L, -1);
       if (broken == NULL) broken = loom_strdup("init failed");
     }
     lua_settop(L, 0);

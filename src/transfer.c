@@ -412,7 +412,8 @@ static void e_table(encoder *e, int index) {
   f->objindex = index;
 }
 
-/* Add a reference to the message being written; returns its index. */
+/* Add a reference to p (taking one) to the message being written;
+** returns its index. */
 static int e_addref(encoder *e, int kind, void *p) {
   loom_msg *m = e->s->m;
   if (m->nrefs == m->refcap) {
@@ -423,6 +424,10 @@ static int e_addref(encoder *e, int kind, void *p) {
     m->refs = r;
     m->refcap = ncap;
   }
+  /* the reference is taken only now that nothing can fail */
+  if (kind == LOOM_REF_CHAN) loom_chan_incref((loom_chan *)p);
+  else atomic_fetch_add_explicit(&((loom_proto *)p)->refs, 1,
+                                 memory_order_relaxed);
   m->refs[m->nrefs].kind = kind;
   m->refs[m->nrefs].p = p;
   return m->nrefs++;
@@ -506,7 +511,6 @@ static void e_function(encoder *e) {
   if (nups > 255) e_error(e, "function has too many upvalues");
   p = e_proto(e, nups);
   if (p->simple && e->refs_ok) {  /* sent by reference, loaded once */
-    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
     index = e_addref(e, LOOM_REF_PROTO, p);
     e_byte(e, T_PROTO);
     e_varint(e, (uint64_t)index);
@@ -611,7 +615,6 @@ static void e_item(encoder *e) {
       if (c == NULL) e_error(e, "cannot transfer a userdata");
       if (!e->refs_ok)
         e_error(e, "cannot encode a channel into a string");
-      loom_chan_incref(c);
       idx = e_addref(e, LOOM_REF_CHAN, c);
       e_byte(e, T_CHAN);
       e_varint(e, (uint64_t)idx);
@@ -890,6 +893,7 @@ static void d_proto(decoder *d, loom_proto *p) {
   chunk c;
   protobox *b;
   lua_Integer n;
+  int st;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PCACHE_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -918,7 +922,8 @@ static void d_proto(decoder *d, loom_proto *p) {
   b->p = p;
   c.p = (const char *)p->code;
   c.left = p->len;
-  if (lua_load(L, d_reader, &c, "=?", "b") != LUA_OK) {
+  if ((st = lua_load(L, d_reader, &c, "=?", "b")) != LUA_OK) {
+    if (st == LUA_ERRMEM) lua_error(L);
     lua_pop(L, 1);
     d_error(d, "bad bytecode");
   }
@@ -982,7 +987,7 @@ static int d_item(decoder *d, int upvalue) {
       uint64_t len = d_varint(d);
       chunk c;
       dframe *f;
-      int nups, k;
+      int nups, k, st;
       if (!d->functions)
         loom_raise(L, "transfer", "refused a function at byte %d: decode "
                    "with {functions = true} to accept bytecode",
@@ -990,7 +995,8 @@ static int d_item(decoder *d, int upvalue) {
       if (len > d_left(d)) d_error(d, "truncated function");
       c.p = (const char *)d->p;
       c.left = (size_t)len;
-      if (lua_load(L, d_reader, &c, "=?", "b") != LUA_OK) {
+      if ((st = lua_load(L, d_reader, &c, "=?", "b")) != LUA_OK) {
+        if (st == LUA_ERRMEM) lua_error(L);   /* not the message's fault */
         lua_pop(L, 1);
         d_error(d, "bad bytecode");
       }
