@@ -117,6 +117,15 @@ failpoints: deps build/failpoints/host build/failpoints/loom/core.so
 	  LOOM_KEEP_LOADED=$(CURDIR)/build/$@/loom/core.so \
 	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec/alloc_failure_spec.lua
 
+# Everything CI checks beyond 'make test': sanitizers, valgrind,
+# allocation failures and a short fuzz run.
+check: deps
+	$(MAKE) asan
+	$(MAKE) tsan
+	$(MAKE) valgrind
+	$(MAKE) failpoints
+	$(MAKE) fuzz FUZZ_SECONDS=60
+
 lint:
 	luacheck lua spec examples bench
 
