@@ -9,7 +9,7 @@
 **
 **   value := NIL | FALSE | TRUE | INT i64 | INT8 i8 | FLT f64
 **          | STR len bytes
-**          | TABLE narr:varint nhash:u32 value{narr} (key value){nhash}
+**          | TABLE narr:u32 nhash:u32 value{narr} (key value){nhash}
 **                  hasmeta:u8 [value]
 **          | FUNC len bytecode nups:u8 upvalue{nups}
 **          | CFUNC len "lib.name"
@@ -153,7 +153,7 @@ typedef struct eframe {
   int objindex;       /* this object's number */
 } eframe;
 
-enum { EP_ARRAY, EP_NEXT, EP_VALUE, EP_META, EP_DONE, EP_UPVAL };
+enum { EP_NEXT, EP_VALUE, EP_META, EP_DONE, EP_UPVAL };
 
 #define INLINE_FRAMES 32
 
@@ -258,12 +258,6 @@ static void e_varint(encoder *e, uint64_t v) {
   e_bytes(e, b, (size_t)n);
 }
 
-static void e_u64(encoder *e, uint64_t v) {
-  unsigned char b[8];
-  int i;
-  for (i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
-  e_bytes(e, b, 8);
-}
 
 static void put_u32(unsigned char *p, uint32_t v) {
   p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
@@ -297,8 +291,6 @@ static void e_pushplace(encoder *e, int k) {
     lua_pop(L, 1);
     lua_pushfstring(L, "upvalue '%s'", *name ? name : "?");
   }
-  else if (f->phase == EP_ARRAY)
-    lua_pushfstring(L, "index %I", (LUAI_UACINT)(f->i - 1));
   else if (f->phase == EP_META || f->phase == EP_DONE)
     lua_pushliteral(L, "metatable");
   else {  /* key is at obj+1; encoding the key itself or its value */
@@ -392,24 +384,29 @@ static const char *cfunc_name(encoder *e) {
   return name;
 }
 
+/*
+** A table is walked once with lua_next.  While the keys run 1, 2, 3...
+** (Lua visits the array part first, in order) the values go out as the
+** array part, without keys; from the first other key on, as pairs.
+** Both counts are patched in at the end.
+*/
 static void e_table(encoder *e, int index) {
   lua_State *L = e->L;
   eframe *f;
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
   size_t patch;
   e_byte(e, T_TABLE);
-  e_varint(e, (uint64_t)n);
   patch = e->s->m->len;
-  e_bytes(e, "\0\0\0\0", 4);
+  e_bytes(e, "\0\0\0\0\0\0\0\0", 8);   /* narr, nhash */
   f = e_push(e);
   f->obj = lua_gettop(L);
   f->isfunc = 0;
-  f->phase = EP_ARRAY;
-  f->i = 1;
-  f->n = n;
+  f->phase = EP_NEXT;
+  f->i = 1;            /* still in the array part */
+  f->n = 0;            /* array values sent */
   f->patch = patch;
   f->nhash = 0;
   f->objindex = index;
+  lua_pushnil(L);      /* the first key */
 }
 
 /* Add a reference to p (taking one) to the message being written;
@@ -531,6 +528,39 @@ static void e_function(encoder *e) {
   f->objindex = index;
 }
 
+/* Write the number at the top (not popped): 1, 2 or 9 bytes. */
+static void e_number(encoder *e) {
+  lua_State *L = e->L;
+  loom_msg *m = e->s->m;
+  unsigned char *p;
+  uint64_t u;
+  int k, tag;
+  if (m->cap - m->len < 9) {
+    e_grow(e, 9);
+    m = e->s->m;
+  }
+  p = m->data + m->len;
+  if (lua_isinteger(L, -1)) {
+    lua_Integer i = lua_tointeger(L, -1);
+    if (i >= -128 && i <= 127) {
+      p[0] = T_INT8;
+      p[1] = (unsigned char)(signed char)i;
+      m->len += 2;
+      return;
+    }
+    u = (uint64_t)i;
+    tag = T_INT;
+  }
+  else {
+    lua_Number d = lua_tonumber(L, -1);
+    memcpy(&u, &d, sizeof u);
+    tag = T_FLT;
+  }
+  p[0] = (unsigned char)tag;
+  for (k = 0; k < 8; k++) p[1 + k] = (unsigned char)(u >> (8 * k));
+  m->len += 9;
+}
+
 /*
 ** Encode the value at the stack top.  A scalar is written and popped; a
 ** new table or function gets a frame and stays on the stack until its
@@ -543,24 +573,7 @@ static void e_item(encoder *e) {
     case LUA_TBOOLEAN: e_byte(e, lua_toboolean(L, -1) ? T_TRUE : T_FALSE);
       break;
     case LUA_TNUMBER:
-      if (lua_isinteger(L, -1)) {
-        lua_Integer i = lua_tointeger(L, -1);
-        if (i >= -128 && i <= 127) {
-          e_byte(e, T_INT8);
-          e_byte(e, (int)(unsigned char)(signed char)i);
-        }
-        else {
-          e_byte(e, T_INT);
-          e_u64(e, (uint64_t)i);
-        }
-      }
-      else {
-        lua_Number d = lua_tonumber(L, -1);
-        uint64_t u;
-        memcpy(&u, &d, sizeof u);
-        e_byte(e, T_FLT);
-        e_u64(e, u);
-      }
+      e_number(e);
       break;
     case LUA_TSTRING: {
       size_t len;
@@ -673,28 +686,31 @@ static void e_run(encoder *e) {
       continue;
     }
     switch (f->phase) {
-      case EP_ARRAY:
-        if (f->i <= f->n) {
-          lua_rawgeti(L, f->obj, f->i);
-          f->i++;
-          e_item(e);
-        }
-        else {
-          f->phase = EP_NEXT;
-          lua_pushnil(L);
-        }
-        break;
       case EP_NEXT:
         if (lua_next(L, f->obj) == 0) {
           f->phase = EP_META;
           break;
         }
-        if (lua_isinteger(L, -2)) {
-          lua_Integer k = lua_tointeger(L, -2);
-          if (k >= 1 && k <= f->n) {  /* already sent in the array part */
+        if (f->i) {   /* array part: numbers stay in this loop */
+          for (;;) {
+            if (!lua_isinteger(L, -2) || lua_tointeger(L, -2) != f->n + 1) {
+              f->i = 0;   /* from here on, pairs */
+              break;
+            }
+            if (f->n == 0xffffffff) e_error(e, "table too large");
+            f->n++;
+            if (lua_type(L, -1) != LUA_TNUMBER) {
+              e_item(e);   /* may open a frame, which must run first */
+              break;
+            }
+            e_number(e);
             lua_pop(L, 1);
-            break;
+            if (lua_next(L, f->obj) == 0) {
+              f->phase = EP_META;
+              break;
+            }
           }
+          if (f->i || f->phase == EP_META) break;
         }
         if (f->nhash == 0xffffffffu) e_error(e, "table too large");
         f->nhash++;
@@ -707,7 +723,8 @@ static void e_run(encoder *e) {
         e_item(e);   /* the value; the key stays for lua_next */
         break;
       case EP_META:
-        put_u32(e->s->m->data + f->patch, f->nhash);
+        put_u32(e->s->m->data + f->patch, (uint32_t)f->n);
+        put_u32(e->s->m->data + f->patch + 4, f->nhash);
         f->phase = EP_DONE;
         if (lua_getmetatable(L, f->obj)) {
           e_byte(e, 1);
@@ -967,7 +984,7 @@ static int d_item(decoder *d, int upvalue) {
       return 0;
     }
     case T_TABLE: {
-      uint64_t narr = d_varint(d), nhash = d_u32(d);
+      uint64_t narr = d_u32(d), nhash = d_u32(d);
       dframe *f;
       /* every element takes at least one byte: never trust the counts */
       if (narr > d_left(d) || nhash > d_left(d) / 2)
@@ -1158,6 +1175,32 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
         int has = d_byte(&d);
         if (has == 0) { f->phase = 4; continue; }
         if (has != 1) d_error(&d, "bad metatable flag");
+      }
+      if (!f->isfunc && f->phase == 0) {
+        /* numbers of an array part: stay in this loop */
+        while (f->i < f->narr && d.p < d.end) {
+          int tag = *d.p;
+          if (tag == T_FLT && d.end - d.p >= 9) {
+            uint64_t u = 0;
+            lua_Number x;
+            int k;
+            for (k = 0; k < 8; k++) u |= (uint64_t)d.p[1 + k] << (8 * k);
+            memcpy(&x, &u, sizeof x);
+            lua_pushnumber(L, x);
+            d.p += 9;
+          }
+          else if (tag == T_INT8 && d.end - d.p >= 2) {
+            lua_pushinteger(L, (signed char)d.p[1]);
+            d.p += 2;
+          }
+          else break;
+          lua_rawseti(L, f->obj, (lua_Integer)++f->i);
+        }
+        if (f->i == f->narr) {
+          f->i = 0;
+          f->phase = f->nhash ? 1 : 3;
+          continue;
+        }
       }
       r = d_item(&d, f->isfunc);
       if (r == 0) d_attach(&d, f);
