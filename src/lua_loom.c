@@ -168,32 +168,36 @@ static int future_gc(lua_State *L) {
 static int call_callbacks_k(lua_State *L);
 static void run_callbacks(lua_State *L) {
   mstate *ms = getmstate(L);
-  int top, list, n = 0, i;
-  if (ms->ncallbacks == 0) return;
+  int top, pending, list, n = 0, i;
+  if (ms->ncallbacks <= 0) return;
   top = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);
-  lua_getiuservalue(L, lua_upvalueindex(1), 1);   /* pending */
-  lua_newtable(L);                                /* ready futures */
+  lua_getiuservalue(L, lua_upvalueindex(1), UV_CALLBACKS);
+  pending = lua_gettop(L);
+  lua_newtable(L);              /* future, callbacks, future, callbacks... */
   list = lua_gettop(L);
   lua_pushnil(L);
-  while (lua_next(L, list - 1)) {
+  while (lua_next(L, pending)) {
     fhandle *h = (fhandle *)lua_touserdata(L, -2);
-    lua_pop(L, 1);
     if (h && h->f && loom_future_isdone(h->f)) {
-      lua_pushvalue(L, -1);
+      lua_pushvalue(L, -2);
       lua_rawseti(L, list, ++n);
+      lua_rawseti(L, list, ++n);  /* pops the callbacks */
     }
+    else lua_pop(L, 1);
   }
-  for (i = 1; i <= n; i++) {   /* detach first: a callback may add more */
+  /* Detach them all before running any: a callback may itself call a
+  ** waiting function, which runs this again; each runs exactly once. */
+  for (i = 1; i <= n; i += 2) {
     lua_rawgeti(L, list, i);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, list - 1);
-    lua_pushvalue(L, -2);
     lua_pushnil(L);
-    lua_rawset(L, list - 1);
+    lua_rawset(L, pending);
     ms->ncallbacks--;
+  }
+  for (i = 1; i <= n; i += 2) {
     lua_pushcfunction(L, call_callbacks_k);
-    lua_insert(L, -3);        /* fn, future, callbacks */
+    lua_rawgeti(L, list, i);
+    lua_rawgeti(L, list, i + 1);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
       warn_error(L, "loom: done callback failed: ");
       lua_pop(L, 1);
@@ -230,7 +234,7 @@ static int future_add_done_callback(lua_State *L) {
     }
     return 0;
   }
-  lua_getiuservalue(L, lua_upvalueindex(1), 1);
+  lua_getiuservalue(L, lua_upvalueindex(1), UV_CALLBACKS);
   lua_pushvalue(L, 1);
   if (lua_rawget(L, -2) == LUA_TNIL) {
     lua_pop(L, 1);
@@ -974,6 +978,13 @@ static int l_is_future(lua_State *L) {
   return 1;
 }
 
+static int l_is_executor(lua_State *L) {
+  xhandle *x = (xhandle *)fastudata(L, 1, UV_EXECUTOR);
+  lua_pushboolean(L, x != NULL);
+  lua_pushboolean(L, x != NULL && x->pool != NULL);
+  return 2;
+}
+
 static int l_run_callbacks(lua_State *L) {
   run_callbacks(L);
   return 0;
@@ -1094,6 +1105,7 @@ static const luaL_Reg funcs[] = {
   {"error", l_error},
   {"run_callbacks", l_run_callbacks},
   {"is_future", l_is_future},
+  {"is_executor", l_is_executor},
   {"_roundtrip", l_roundtrip},
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},

@@ -324,6 +324,12 @@ static int e_error(encoder *e, const char *what) {
     luaL_addvalue(&b);
   }
   for (k = 0; k < e->nf; k++) {
+    if (e->nf > 12 && k == 4) {   /* keep the message short */
+      lua_pushfstring(L, "... (%d levels) ...: ", e->nf - 8);
+      luaL_addvalue(&b);
+      k = e->nf - 5;
+      continue;
+    }
     e_pushplace(e, k);
     luaL_addvalue(&b);
     luaL_addstring(&b, ": ");

@@ -63,9 +63,16 @@ function loom.executor(opts)
   if opts.init ~= nil and type(opts.init) ~= "function" then
     argerror(1, "executor", "init must be a function, got " .. type(opts.init))
   end
-  if opts.init_args ~= nil and type(opts.init_args) ~= "table" then
-    argerror(1, "executor", "init_args must be a table, got "
-             .. type(opts.init_args))
+  if opts.init_args ~= nil then
+    if type(opts.init_args) ~= "table" then
+      argerror(1, "executor", "init_args must be a table, got "
+               .. type(opts.init_args))
+    end
+    local n = #opts.init_args
+    if math_type(n) ~= "integer" or n < 0 or n > 100000 then
+      argerror(1, "executor", "init_args has an unreasonable length ("
+               .. tostring(n) .. ")")
+    end
   end
   if opts.name ~= nil and type(opts.name) ~= "string" then
     argerror(1, "executor", "name must be a string, got " .. type(opts.name))
@@ -166,6 +173,12 @@ local Executor = core.Executor
 --- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =}
 -- Submits every call at once; iterates i, results... in input order.
 function Executor:map(fn, ...)
+  local is, alive = core.is_executor(self)
+  if not is then
+    argerror(1, "map", "loom.Executor expected, got " .. type(self))
+  elseif not alive then
+    argerror(1, "map", "executor is not initialised")
+  end
   local seqs, timeout, chunksize
   if type(fn) == "table" and getmetatable(fn) == nil then
     local o = fn
