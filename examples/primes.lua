@@ -30,7 +30,7 @@ local t_serial = clock() - t0
 
 t0 = clock()
 local ex <close> = loom.executor { workers = workers }
-local chunks, step = {}, N // (workers * 8) + 1
+local chunks, step = {}, N // (workers * 32) + 1
 for lo = 1, N, step do chunks[#chunks + 1] = lo end
 local total = 0
 for _, count in ex:map(function(lo) return count_primes(lo, math.min(lo + step, N)) end,

@@ -417,8 +417,12 @@ int loom_pool_submit(loom_pool *p, loom_future *f) {
   f->prev = p->tail;
   if (p->tail) p->tail->next = f; else p->head = f;
   p->tail = f;
-  atomic_fetch_add_explicit(&p->nqueued, 1, memory_order_relaxed);
-  if (p->nidle > 0 && p->nspinning == 0) pthread_cond_signal(&p->work);
+  /* A spinning worker takes one task by itself; wake a sleeping one for
+  ** any task beyond that (else it could wait behind a long task). */
+  if (atomic_fetch_add_explicit(&p->nqueued, 1, memory_order_relaxed) + 1
+          > p->nspinning
+      && p->nidle > 0)
+    pthread_cond_signal(&p->work);
   pthread_mutex_unlock(&p->mu);
   return 0;
 }
