@@ -114,6 +114,12 @@ static int module_gc(lua_State *L) {
     loom_pool_join(ms->pools[i]);
     loom_pool_decref(ms->pools[i]);
   }
+  /* Nobody will pop what is left: drop it.  This also frees channels
+  ** that hold references to themselves, directly or in a cycle. */
+  for (i = 0; i < ms->nchans; i++) {
+    loom_msg *m;
+    while (loom_chan_pop(ms->chans[i], 0, &m) == 0) loom_msg_free(m);
+  }
   for (i = 0; i < ms->nchans; i++) loom_chan_decref(ms->chans[i]);
   loom_free(ms->pools);
   loom_free(ms->chans);
@@ -392,9 +398,10 @@ static int future_tostring(lua_State *L) {
   static const char *const names[] = {
     "pending", "running", "finished", "cancelled"
   };
-  loom_future *f = checkfuture(L, 1);
-  lua_pushfstring(L, "loom.Future (%s): %p", names[atomic_load(&f->state)],
-                  (void *)f);
+  fhandle *h = (fhandle *)luaL_checkudata(L, 1, LOOM_FUTURE);
+  if (h->f == NULL) lua_pushliteral(L, "loom.Future (closed)");
+  else lua_pushfstring(L, "loom.Future (%s): %p",
+                       names[atomic_load(&h->f->state)], (void *)h->f);
   return 1;
 }
 
@@ -626,7 +633,11 @@ static int executor_workers(lua_State *L) {
 }
 
 static int executor_tostring(lua_State *L) {
-  xhandle *x = checkexecutor(L, 1);
+  xhandle *x = (xhandle *)luaL_checkudata(L, 1, LOOM_EXECUTOR);
+  if (x->pool == NULL) {
+    lua_pushliteral(L, "loom.Executor (closed)");
+    return 1;
+  }
   lua_pushfstring(L, "loom.Executor (%d workers%s): %p",
                   loom_pool_nworkers(x->pool), x->shut ? ", shut down" : "",
                   (void *)x->pool);
@@ -847,7 +858,12 @@ static int channel_len(lua_State *L) {
 }
 
 static int channel_tostring(lua_State *L) {
-  loom_chan *c = checkchannel(L, 1);
+  chandle *h = (chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
+  loom_chan *c = h->c;
+  if (c == NULL) {
+    lua_pushliteral(L, "loom.Channel (closed)");
+    return 1;
+  }
   lua_pushfstring(L, "loom.Channel (%d waiting): %p",
                   (int)loom_chan_count(c), (void *)c);
   return 1;

@@ -175,7 +175,10 @@ local Executor = core.Executor
 function Executor:map(fn, ...)
   local is, alive = core.is_executor(self)
   if not is then
-    argerror(1, "map", "loom.Executor expected, got " .. type(self))
+    local mt = getmetatable(self)
+    local name = type(mt) == "table" and type(mt.__name) == "string"
+                 and mt.__name or type(self)
+    argerror(1, "map", "loom.Executor expected, got " .. name)
   elseif not alive then
     argerror(1, "map", "executor is not initialised")
   end
@@ -186,9 +189,12 @@ function Executor:map(fn, ...)
     seqs = table_pack(table_unpack(o, 2, #o))
     timeout = check_timeout(o.timeout, 1, "map")
     chunksize = o.chunksize
-    if chunksize ~= nil and (math_type(chunksize) ~= "integer"
-                             or chunksize < 1) then
-      argerror(1, "map", "chunksize must be an integer >= 1")
+    if chunksize ~= nil then
+      local k = math_type(chunksize) and math.tointeger(chunksize)
+      if not k or k < 1 then
+        argerror(1, "map", "chunksize must be an integer >= 1")
+      end
+      chunksize = k
     end
   else
     seqs = table_pack(...)
