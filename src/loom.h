@@ -89,12 +89,18 @@ typedef struct loom_ref {
 } loom_ref;
 enum { LOOM_REF_CHAN, LOOM_REF_PROTO };
 
+#define LOOM_INLINE_REFS 2
+
 typedef struct loom_msg {
   size_t len, cap;
-  loom_ref *refs;          /* channels and protos, one reference each */
-  int nrefs, refcap;
+  loom_ref *refs;          /* NULL while the references fit in inl */
+  int nrefs, refcap;       /* refcap: the size of refs when not NULL */
+  loom_ref inl[LOOM_INLINE_REFS];
   unsigned char data[1];   /* len bytes used, cap allocated */
 } loom_msg;
+
+/* The references of m (channels and protos, one reference each). */
+#define loom_msg_refs(m) ((m)->refs ? (m)->refs : (m)->inl)
 
 LOOM_API void loom_msg_free(loom_msg *m);
 
@@ -206,6 +212,7 @@ struct loom_pool {
   loom_future *head, *tail;   /* FIFO of pending futures, one ref each */
   int nworkers, nidle, nstarted, nexited;
   int nspinning;           /* a worker is spinning for work (at most one) */
+  int spin_paid;           /* the last spin found a task */
   atomic_int nqueued;      /* tasks in the queue, readable without mu */
   int stopping;            /* shutdown: accept no more tasks */
   int joined;

@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,7 +266,8 @@ static int wait_one(loom_future *f, double timeout) {
   if (timeout == 0) return 0;
   for (spin = 0; spin < 2000; spin++) {   /* short tasks: skip sleeping */
     if (loom_future_isdone(f)) return 1;
-    loom_cpu_relax();
+    if ((spin & 127) == 127) sched_yield();   /* a busy machine: give way */
+    else loom_cpu_relax();
   }
   if (timeout > 0) loom_deadline(&dl, timeout);
   loom_waiter_init(&w);

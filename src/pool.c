@@ -15,6 +15,7 @@
 ** of the creating state (until it joins the workers) each hold one.
 */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -299,16 +300,21 @@ static void *worker_main(void *arg) {
       /* Before sleeping, one worker spins a little: a task submitted
       ** meanwhile then costs the submitter no wake-up call. */
       if (p->nspinning == 0) {
-        int k;
+        /* Spin long only while spinning pays (the last spin found a
+        ** task); yield now and then, so that on a busy machine the
+        ** spinner gives its core to the threads that have work. */
+        int k, limit = p->spin_paid ? WORKER_SPIN : WORKER_SPIN / 16;
         p->nspinning = 1;
         pthread_mutex_unlock(&p->mu);
-        for (k = 0; k < WORKER_SPIN; k++) {
+        for (k = 0; k < limit; k++) {
           if (atomic_load_explicit(&p->nqueued, memory_order_relaxed) > 0)
             break;
-          loom_cpu_relax();
+          if ((k & 127) == 127) sched_yield();
+          else loom_cpu_relax();
         }
         pthread_mutex_lock(&p->mu);
         p->nspinning = 0;
+        p->spin_paid = p->head != NULL;
         if (p->head != NULL || p->stopping) break;
       }
       p->nidle++;

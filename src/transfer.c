@@ -51,6 +51,7 @@ static const char FCACHE_KEY = 'f';
 static const char PCACHE_KEY = 'p';
 static const char SCRATCH_KEY = 's';
 #define PCACHE_MAX 4096
+#define SCRATCH_KEEP 4096   /* messages up to this size are copied out */
 
 /* ---------------------------------------------------------------- errors */
 
@@ -87,11 +88,11 @@ void loom_proto_decref(loom_proto *p) {
 }
 
 static void release_refs(loom_msg *m) {
+  loom_ref *r = loom_msg_refs(m);
   int i;
   for (i = 0; i < m->nrefs; i++) {
-    if (m->refs[i].kind == LOOM_REF_CHAN)
-      loom_chan_decref((loom_chan *)m->refs[i].p);
-    else loom_proto_decref((loom_proto *)m->refs[i].p);
+    if (r[i].kind == LOOM_REF_CHAN) loom_chan_decref((loom_chan *)r[i].p);
+    else loom_proto_decref((loom_proto *)r[i].p);
   }
   m->nrefs = 0;
 }
@@ -419,10 +420,17 @@ static void e_table(encoder *e, int index) {
 ** returns its index. */
 static int e_addref(encoder *e, int kind, void *p) {
   loom_msg *m = e->s->m;
-  if (m->nrefs == m->refcap) {
-    int ncap = m->refcap ? m->refcap * 2 : 4;
-    loom_ref *r = (loom_ref *)loom_realloc(m->refs,
-                                           sizeof(loom_ref) * (size_t)ncap);
+  loom_ref *r;
+  if (m->refs == NULL && m->nrefs == LOOM_INLINE_REFS) {  /* spill */
+    r = (loom_ref *)loom_malloc(sizeof(loom_ref) * 8);
+    if (r == NULL) luaL_error(e->L, "not enough memory");
+    memcpy(r, m->inl, sizeof m->inl);
+    m->refs = r;
+    m->refcap = 8;
+  }
+  else if (m->refs != NULL && m->nrefs == m->refcap) {
+    int ncap = m->refcap * 2;
+    r = (loom_ref *)loom_realloc(m->refs, sizeof(loom_ref) * (size_t)ncap);
     if (r == NULL) luaL_error(e->L, "not enough memory");
     m->refs = r;
     m->refcap = ncap;
@@ -431,8 +439,9 @@ static int e_addref(encoder *e, int kind, void *p) {
   if (kind == LOOM_REF_CHAN) loom_chan_incref((loom_chan *)p);
   else atomic_fetch_add_explicit(&((loom_proto *)p)->refs, 1,
                                  memory_order_relaxed);
-  m->refs[m->nrefs].kind = kind;
-  m->refs[m->nrefs].p = p;
+  r = loom_msg_refs(m);
+  r[m->nrefs].kind = kind;
+  r[m->nrefs].p = p;
   return m->nrefs++;
 }
 
@@ -799,7 +808,18 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   }
   m = s->m;
   put_u32(m->data + 5, (uint32_t)e.nobjs);
-  s->m = NULL;   /* the caller owns the message now */
+  if (m->len <= SCRATCH_KEEP && m->refs == NULL) {
+    /* small: copy it out at its size, and keep the buffer for next time
+    ** (a queued task then holds tens of bytes, not a whole buffer) */
+    loom_msg *c = (loom_msg *)loom_malloc(offsetof(loom_msg, data) + m->len);
+    if (c == NULL) { s->busy = 0; luaL_error(L, "not enough memory"); }
+    memcpy(c, m, offsetof(loom_msg, data) + m->len);
+    c->cap = m->len;
+    m->nrefs = 0;          /* the copy holds the references now */
+    m->len = 0;
+    m = c;
+  }
+  else s->m = NULL;   /* large: the caller takes the buffer itself */
   s->busy = 0;
   lua_settop(L, e.base);
   return m;
@@ -1065,17 +1085,17 @@ static int d_item(decoder *d, int upvalue) {
     case T_CHAN: {
       uint64_t k = d_varint(d);
       if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || d->m->refs[k].kind != LOOM_REF_CHAN)
+          || loom_msg_refs(d->m)[k].kind != LOOM_REF_CHAN)
         d_error(d, "bad channel reference");
-      loom_pushchannel(L, (loom_chan *)d->m->refs[k].p);
+      loom_pushchannel(L, (loom_chan *)loom_msg_refs(d->m)[k].p);
       return 0;
     }
     case T_PROTO: {
       uint64_t k = d_varint(d);
       if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || d->m->refs[k].kind != LOOM_REF_PROTO)
+          || loom_msg_refs(d->m)[k].kind != LOOM_REF_PROTO)
         d_error(d, "bad function reference");
-      d_proto(d, (loom_proto *)d->m->refs[k].p);
+      d_proto(d, (loom_proto *)loom_msg_refs(d->m)[k].p);
       return 0;
     }
     case T_JOIN: {
