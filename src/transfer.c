@@ -37,7 +37,7 @@
 #include "loom.h"
 
 #define MAGIC "LOOM"
-#define VERSION 1
+#define VERSION 2   /* bump on every change of the format */
 #define HEADER_LEN 9   /* magic, version, nobjs */
 
 enum {
@@ -341,12 +341,12 @@ static int e_error(encoder *e, const char *what) {
 }
 
 static eframe *e_push(encoder *e) {
+  if (e->nf >= LOOM_MAX_DEPTH)
+    e_error(e, "nesting deeper than 200000 levels");
   if (e->nf == e->capf) {
     lua_State *L = e->L;
     int ncap = e->capf * 2;
     eframe *nf;
-    if (e->nf >= LOOM_MAX_DEPTH)
-      e_error(e, "nesting deeper than 200000 levels");
     nf = (eframe *)lua_newuserdatauv(L, sizeof(eframe) * (size_t)ncap, 0);
     memcpy(nf, e->f, sizeof(eframe) * (size_t)e->nf);
     lua_replace(L, e->base + S_FRAMES);
@@ -891,11 +891,11 @@ static uint32_t d_u32(decoder *d) {
 static size_t d_left(decoder *d) { return (size_t)(d->end - d->p); }
 
 static dframe *d_push(decoder *d) {
+  if (d->nf >= LOOM_MAX_DEPTH) d_error(d, "nesting too deep");
   if (d->nf == d->capf) {
     lua_State *L = d->L;
     int ncap = d->capf * 2;
     dframe *nf;
-    if (d->nf >= LOOM_MAX_DEPTH) d_error(d, "nesting too deep");
     nf = (dframe *)lua_newuserdatauv(L, sizeof(dframe) * (size_t)ncap, 0);
     memcpy(nf, d->f, sizeof(dframe) * (size_t)d->nf);
     lua_replace(L, d->framebuf);
@@ -1100,8 +1100,9 @@ static int d_item(decoder *d, int upvalue) {
     }
     case T_JOIN: {
       uint64_t fo = d_varint(d), up = d_varint(d);
-      dframe *f = &d->f[d->nf - 1];
-      if (!upvalue) d_error(d, "misplaced upvalue join");
+      dframe *f;
+      if (!upvalue || d->nf == 0) d_error(d, "misplaced upvalue join");
+      f = &d->f[d->nf - 1];
       if (fo >= (uint64_t)d->nobjs || up < 1 || up > 255)
         d_error(d, "bad upvalue join");
       lua_rawgeti(L, d->objs, (lua_Integer)fo + 1);
