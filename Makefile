@@ -54,7 +54,7 @@ test: deps
 
 demo: deps
 	$(MAKE) all
-	$(RUN_LOCAL) $(LUA) examples/primes.lua 3000000 2
+	$(RUN_LOCAL) $(LUA) examples/primes.lua 2000000 2
 
 # --- sanitizers ----------------------------------------------------------
 # The specs run in spec/host/host.c, a Lua host built with the sanitizer

@@ -316,30 +316,26 @@ static void await(lua_State *L, loom_future *f, int tidx) {
   raise_state(L, f);
 }
 
-static int future_result(lua_State *L) {
-  loom_future *f = checkfuture(L, 1);
+/* Wait (timeout at stack slot 2) and push the results, or raise. */
+static int results(lua_State *L, loom_future *f) {
   int n;
   await(L, f, 2);
   lua_settop(L, 1);
   n = push_outcome(L, f);
   if (n < 0) {
-    lua_pop(L, 1);
+    lua_pop(L, 1);   /* the traceback */
     return lua_error(L);
   }
   return n;
 }
 
+static int future_result(lua_State *L) {
+  return results(L, checkfuture(L, 1));
+}
+
 /* f:_chunk([timeout]): the flat result list of a map chunk, as a table */
 static int future_chunk(lua_State *L) {
-  loom_future *f = checkfuture(L, 1);
-  int n, k;
-  await(L, f, 2);
-  lua_settop(L, 1);
-  n = push_outcome(L, f);
-  if (n < 0) {
-    lua_pop(L, 1);
-    return lua_error(L);
-  }
+  int n = results(L, checkfuture(L, 1)), k;
   lua_createtable(L, n, 0);
   for (k = n; k >= 1; k--) {
     lua_pushvalue(L, -2);

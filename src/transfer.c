@@ -55,28 +55,28 @@ static const char SCRATCH_KEY = 's';
 
 /* ---------------------------------------------------------------- errors */
 
-void loom_pusherror(lua_State *L, const char *kind, const char *fmt, ...) {
-  va_list ap;
+static void pusherrorv(lua_State *L, const char *kind, const char *fmt,
+                       va_list ap) {
   lua_createtable(L, 0, 2);
   lua_pushstring(L, kind);
   lua_setfield(L, -2, "kind");
-  va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
   lua_setfield(L, -2, "message");
   luaL_setmetatable(L, LOOM_ERROR);
 }
 
+void loom_pusherror(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  pusherrorv(L, kind, fmt, ap);
+  va_end(ap);
+}
+
 int loom_raise(lua_State *L, const char *kind, const char *fmt, ...) {
   va_list ap;
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, kind);
-  lua_setfield(L, -2, "kind");
   va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
+  pusherrorv(L, kind, fmt, ap);
   va_end(ap);
-  lua_setfield(L, -2, "message");
-  luaL_setmetatable(L, LOOM_ERROR);
   return lua_error(L);
 }
 

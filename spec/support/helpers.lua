@@ -172,7 +172,7 @@ end
 -- Child processes
 ---------------------------------------------------------------------------
 
-local function current_directory()
+function helpers.current_directory()
   local p = assert(io.popen("pwd"))
   local dir = p:read("l")
   p:close()
@@ -180,7 +180,7 @@ local function current_directory()
 end
 
 -- A search path with every relative entry made absolute.
-local function absolute(path, root)
+function helpers.absolute(path, root)
   local entries = {}
   for entry in string.gmatch(path, "[^;]+") do
     if entry:sub(1, 2) == "./" then
@@ -202,11 +202,11 @@ helpers.LUA = os.getenv("LOOM_LUA") or "lua5.4"
 -- finds the module under test. Returns the combined stdout and stderr, then
 -- what `file:close()` returns (true or nil, "exit" or "signal", code).
 function helpers.run_lua(code)
-  local root = current_directory()
+  local root = helpers.current_directory()
   local script = os.tmpname()
   local f = assert(io.open(script, "w"))
   f:write(string.format("package.path = %q\npackage.cpath = %q\n",
-    absolute(package.path, root), absolute(package.cpath, root)))
+    helpers.absolute(package.path, root), helpers.absolute(package.cpath, root)))
   f:write(code)
   f:close()
   local p = assert(io.popen(helpers.LUA .. " " .. script .. " 2>&1"))

@@ -17,27 +17,6 @@ local function shell_quote(s)
   return "'" .. string.gsub(s, "'", "'\\''") .. "'"
 end
 
-local function current_directory()
-  local p = assert(io.popen("pwd"))
-  local dir = p:read("l")
-  p:close()
-  return dir
-end
-
--- A search path with every relative entry made absolute.
-local function absolute(path, root)
-  local entries = {}
-  for entry in string.gmatch(path, "[^;]+") do
-    if entry:sub(1, 2) == "./" then
-      entry = root .. entry:sub(2)
-    elseif entry:sub(1, 1) ~= "/" then
-      entry = root .. "/" .. entry
-    end
-    entries[#entries + 1] = entry
-  end
-  return table.concat(entries, ";")
-end
-
 local function read_all(name)
   local f = io.open(name, "rb")
   if not f then return "" end
@@ -51,11 +30,11 @@ end
 -- paths made absolute. Returns a table: stdout, stderr (kept apart), how
 -- ("exit" or "signal") and status, as `file:close()` gives them.
 function reliability.run(code)
-  local root = current_directory()
+  local root = helpers.current_directory()
   local script, errors = os.tmpname(), os.tmpname()
   local f = assert(io.open(script, "w"))
   f:write(string.format("package.path = %q\npackage.cpath = %q\n",
-    absolute(package.path, root), absolute(package.cpath, root)))
+    helpers.absolute(package.path, root), helpers.absolute(package.cpath, root)))
   f:write(code)
   f:close()
   local command = string.format("timeout %d %s %s 2>%s",
