@@ -29,12 +29,21 @@ end
 -- as helpers.LUA) under `timeout CHILD_LIMIT`, with this process's package
 -- paths made absolute. Returns a table: stdout, stderr (kept apart), how
 -- ("exit" or "signal") and status, as `file:close()` gives them.
+-- The stock print writes a line in pieces (the text, then "\n"), so a
+-- task's line can land in the middle of the main thread's.  Tasks' print
+-- writes whole lines; the children's main thread gets the same here, on
+-- one line so that reported line numbers stay right.
+local WHOLE_LINE_PRINT = "function print(...) local t = {} "
+  .. "for i = 1, select('#', ...) do t[i] = tostring((select(i, ...))) end "
+  .. "io.stdout:write(table.concat(t, '\\t') .. '\\n') io.stdout:flush() end "
+
 function reliability.run(code)
   local root = helpers.current_directory()
   local script, errors = os.tmpname(), os.tmpname()
   local f = assert(io.open(script, "w"))
   f:write(string.format("package.path = %q\npackage.cpath = %q\n",
     helpers.absolute(package.path, root), helpers.absolute(package.cpath, root)))
+  f:write(WHOLE_LINE_PRINT)
   f:write(code)
   f:close()
   local command = string.format("timeout %d %s %s 2>%s",
