@@ -477,32 +477,48 @@ static int executor_new(lua_State *L) {
   return 1;
 }
 
-static int executor_submit(lua_State *L) {
-  xhandle *x = checkexecutor(L, 1);
+/* Push a new, empty future handle of executor x (at stack slot 1), or
+** raise 'shutdown'.  The handle exists before anything is allocated for
+** it, so a Lua error from here on leaks nothing. */
+static fhandle *newfuture(lua_State *L, xhandle *x) {
   fhandle *h;
-  loom_msg *m;
-  int n = lua_gettop(L);
-  if (lua_type(L, 2) != LUA_TFUNCTION)
-    return luaL_error(L, "bad argument #1 to 'submit' (function expected, "
-                      "got %s)", lua_isnone(L, 2) ? "nil" : luaL_typename(L, 2));
   if (x->shut)
-    return loom_raise(L, "shutdown",
-                      "cannot schedule new futures after shutdown");
+    loom_raise(L, "shutdown", "cannot schedule new futures after shutdown");
   h = (fhandle *)lua_newuserdatauv(L, sizeof *h, 1);
   h->f = NULL;
   setmeta(L, UV_FUTURE);
   lua_pushvalue(L, 1);                 /* a future keeps its executor */
   lua_setiuservalue(L, -2, 1);
-  m = loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1, 1);
+  return h;
+}
+
+/* Give the task message m to handle h and queue it (a map chunk when
+** nchunk > 0).  Returns 1: the handle, at the top. */
+static int enqueue(lua_State *L, xhandle *x, fhandle *h, loom_msg *m,
+                   int nchunk, int nseq) {
   h->f = loom_future_new(m);
   if (h->f == NULL) {
     loom_msg_free(m);
     return luaL_error(L, "not enough memory");
   }
+  h->f->nchunk = nchunk;
+  h->f->nseq = nseq;
   if (loom_pool_submit(x->pool, h->f) != 0)
     return loom_raise(L, "shutdown",
                       "cannot schedule new futures after shutdown");
   return 1;
+}
+
+static int executor_submit(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  int n = lua_gettop(L);
+  fhandle *h;
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L, "bad argument #1 to 'submit' (function expected, "
+                      "got %s)", lua_isnone(L, 2) ? "nil" : luaL_typename(L, 2));
+  h = newfuture(L, x);
+  return enqueue(L, x, h, loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1, 1),
+                 0, 0);
 }
 
 /* ex:_map_chunk(fn, i0, i1, seq1, ..., seqN): one task for the calls
@@ -517,14 +533,7 @@ static int executor_map_chunk(lua_State *L) {
   luaL_argcheck(L, i0 >= 1 && i1 >= i0 && i1 - i0 < 100000, 4,
                 "bad chunk range");
   luaL_argcheck(L, nseq >= 1 && nseq <= 250, 5, "bad number of sequences");
-  if (x->shut)
-    return loom_raise(L, "shutdown",
-                      "cannot schedule new futures after shutdown");
-  h = (fhandle *)lua_newuserdatauv(L, sizeof *h, 1);
-  h->f = NULL;
-  setmeta(L, UV_FUTURE);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, 1);
+  h = newfuture(L, x);
   base = lua_gettop(L);
   luaL_checkstack(L, (int)(i1 - i0 + 1) * nseq + 2, "chunk too large");
   lua_pushvalue(L, 2);
@@ -532,17 +541,7 @@ static int executor_map_chunk(lua_State *L) {
     for (a = 0; a < nseq; a++) lua_geti(L, 5 + a, i);
   m = loom_encode(L, base + 1, lua_gettop(L) - base, LOOM_AT_VALUE, 0, 1);
   lua_settop(L, base);
-  h->f = loom_future_new(m);
-  if (h->f == NULL) {
-    loom_msg_free(m);
-    return luaL_error(L, "not enough memory");
-  }
-  h->f->nchunk = (int)(i1 - i0 + 1);
-  h->f->nseq = nseq;
-  if (loom_pool_submit(x->pool, h->f) != 0)
-    return loom_raise(L, "shutdown",
-                      "cannot schedule new futures after shutdown");
-  return 1;
+  return enqueue(L, x, h, m, (int)(i1 - i0 + 1), nseq);
 }
 
 static int optfield(lua_State *L, int idx, const char *k, int def) {

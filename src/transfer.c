@@ -870,11 +870,18 @@ static uint64_t d_varint(decoder *d) {
   }
 }
 
-static uint64_t d_u64(decoder *d) {
+/* 8 little-endian bytes at p (the caller checked they are there) */
+static uint64_t get_u64(const unsigned char *p) {
   uint64_t v = 0;
   int i;
+  for (i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+static uint64_t d_u64(decoder *d) {
+  uint64_t v;
   if (d->end - d->p < 8) d_error(d, "truncated");
-  for (i = 0; i < 8; i++) v |= (uint64_t)d->p[i] << (8 * i);
+  v = get_u64(d->p);
   d->p += 8;
   return v;
 }
@@ -1208,10 +1215,8 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
         while (f->i < f->narr && d.p < d.end) {
           int tag = *d.p;
           if (tag == T_FLT && d.end - d.p >= 9) {
-            uint64_t u = 0;
+            uint64_t u = get_u64(d.p + 1);
             lua_Number x;
-            int k;
-            for (k = 0; k < 8; k++) u |= (uint64_t)d.p[1 + k] << (8 * k);
             memcpy(&x, &u, sizeof x);
             lua_pushnumber(L, x);
             d.p += 9;
