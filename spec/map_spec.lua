@@ -223,6 +223,62 @@ describe("ex:map with named options", function()
     end
   end)
 
+  -- Steps the iterator by hand, so that every result count is seen.
+  local function packed_rows(iterator, state, control, closing)
+    local rows = {}
+    while true do
+      local r = table.pack(iterator(state, control))
+      if r[1] == nil then break end
+      control = r[1]
+      rows[#rows + 1] = r
+    end
+    if closing then getmetatable(closing).__close(closing) end
+    return rows
+  end
+
+  it("keeps every call's result count in a chunk: none, one nil, one, several", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function f(x)
+      if x % 4 == 0 then return end
+      if x % 4 == 1 then return nil end
+      if x % 4 == 2 then return x end
+      return x, nil, { x }, "s" .. x
+    end
+    local xs = {}
+    for n = 1, 50 do xs[n] = n end
+    local expected = packed_rows(ex:map(f, xs))
+    assert.are.equal(50, #expected)
+    assert.are.equal(1, expected[4].n)       -- i only
+    assert.are.equal(2, expected[5].n)       -- i, nil
+    assert.are.equal(5, expected[7].n)       -- i, x, nil, {x}, "s"..x
+    for _, chunksize in ipairs { 2, 3, 8, 50, 64 } do
+      assert.are.same(expected, packed_rows(ex:map { f, xs, chunksize = chunksize }),
+                      "chunksize " .. chunksize)
+    end
+  end)
+
+  it("raises a table error value and error(nil) at their index with chunks", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    for _, case in ipairs { { 1, { code = 7 } }, { 4, nil }, { 6, { code = 8 } } } do
+      local at, value = case[1], case[2]
+      local seen = {}
+      local ok, err = pcall(function()
+        for i, v in ex:map { function(x)
+          if x == at then error(value, 0) end
+          return x * 10
+        end, { 1, 2, 3, 4, 5, 6 }, chunksize = 3 } do
+          seen[#seen + 1] = v
+        end
+      end)
+      assert.is_false(ok)
+      assert.are.same(value, err)
+      assert.are.equal(at - 1, #seen)
+      for i = 1, at - 1 do assert.are.equal(i * 10, seen[i]) end
+    end
+  end)
+
   it("raises a call's error at its index with chunks, after the earlier results", function()
     local s = helpers.scope(finally)
     local ex = s:executor(2)

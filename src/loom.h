@@ -118,6 +118,10 @@ typedef enum { LOOM_AT_VALUE, LOOM_AT_ARGUMENT, LOOM_AT_RESULT } loom_place;
 LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
                                loom_place place, int argbase, int refs_ok);
 
+/* As loom_encode (results, refs allowed), but the n values go as one
+** array table of length n, which the decoder builds directly. */
+LOOM_API loom_msg *loom_encode_list(lua_State *L, int first, int n);
+
 /*
 ** Decode a message of len bytes at p, pushing its values; returns their
 ** number.  'functions' allows bytecode (never for untrusted input).

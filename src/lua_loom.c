@@ -333,15 +333,102 @@ static int future_result(lua_State *L) {
   return results(L, checkfuture(L, 1));
 }
 
-/* f:_chunk([timeout]): the flat result list of a map chunk, as a table */
-static int future_chunk(lua_State *L) {
-  int n = results(L, checkfuture(L, 1)), k;
-  lua_createtable(L, n, 0);
-  for (k = n; k >= 1; k--) {
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, k);
-    lua_remove(L, -2);
+/*
+** The iterator of ex:map, in C: a generic for calls it once per result,
+** so its cost is the caller's cost per call.  Upvalues: 1 the module
+** record, 2 the futures (one per call, or one per chunk), 3 a mapiter,
+** 4 the current chunk's result list {extras, r1, ...} (see run_chunk in
+** pool.c), 5 its extras (nil when every call gave one result).
+*/
+typedef struct mapiter {
+  lua_Integer i, n, chunksize;   /* calls yielded, calls in all, per task */
+  lua_Integer chunk;             /* the chunk in upvalue 4 */
+  double deadline;               /* monotonic seconds; < 0: none */
+} mapiter;
+
+static double now_monotonic(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Wait for future k and push its results after slot 1, which it takes
+** (results expects [future, timeout]); returns their number. */
+static int map_results(lua_State *L, mapiter *it, lua_Integer k) {
+  lua_settop(L, 0);
+  lua_rawgeti(L, lua_upvalueindex(2), k);
+  if (it->deadline < 0) lua_pushnil(L);
+  else {
+    double left = it->deadline - now_monotonic();
+    lua_pushnumber(L, left < 0 ? 0 : left);
   }
+  return results(L, checkfuture(L, 1));
+}
+
+static int map_step(lua_State *L) {
+  mapiter *it = (mapiter *)lua_touserdata(L, lua_upvalueindex(3));
+  lua_Integer k, j;
+  if (it->i >= it->n) return 0;
+  it->i++;
+  if (it->chunksize == 1) {
+    int n = map_results(L, it, it->i);
+    lua_pushinteger(L, it->i);
+    lua_replace(L, 1);
+    return n + 1;
+  }
+  k = (it->i - 1) / it->chunksize + 1;
+  j = it->i - (k - 1) * it->chunksize;   /* the call's place in chunk k */
+  if (k != it->chunk) {
+    map_results(L, it, k);   /* [future, list] */
+    lua_rawgeti(L, 2, 1);
+    lua_replace(L, lua_upvalueindex(5));
+    lua_replace(L, lua_upvalueindex(4));
+    it->chunk = k;
+  }
+  lua_pushinteger(L, it->i);
+  if (lua_type(L, lua_upvalueindex(5)) == LUA_TNIL) {   /* the fast way */
+    lua_rawgeti(L, lua_upvalueindex(4), j + 1);
+    return 2;
+  }
+  if (lua_rawgeti(L, lua_upvalueindex(5), j) == LUA_TTABLE) {
+    int n, a, t = lua_gettop(L);
+    lua_getfield(L, t, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n, "too many results");
+    for (a = 1; a <= n; a++) lua_rawgeti(L, t, a);
+    lua_remove(L, t);
+    return n + 1;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, lua_upvalueindex(5), "fail");
+  if (lua_tointeger(L, -1) == j) {
+    lua_getfield(L, lua_upvalueindex(5), "err");
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
+  lua_rawgeti(L, lua_upvalueindex(4), j + 1);
+  return 2;
+}
+
+/* core._map_iter(futures, n, chunksize, deadline-or-nil): ex:map's step
+** function, over futures made by submit (chunksize 1) or _map_chunk. */
+static int l_map_iter(lua_State *L) {
+  mapiter *it;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  it = (mapiter *)lua_newuserdatauv(L, sizeof *it, 0);
+  it->i = 0;
+  it->n = luaL_checkinteger(L, 2);
+  it->chunksize = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, it->chunksize >= 1, 3, "chunksize must be >= 1");
+  it->deadline = lua_isnoneornil(L, 4) ? -1 : luaL_checknumber(L, 4);
+  it->chunk = 0;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -3);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushcclosure(L, map_step, 5);
   return 1;
 }
 
@@ -972,9 +1059,7 @@ static int l_cpu_count(lua_State *L) {
 }
 
 static int l_clock(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  lua_pushnumber(L, (lua_Number)now_monotonic());
   return 1;
 }
 
@@ -1081,7 +1166,6 @@ static const luaL_Reg future_methods[] = {
   {"done", future_done},
   {"add_done_callback", future_add_done_callback},
   {"_failed", future_failed},
-  {"_chunk", future_chunk},
   {NULL, NULL}
 };
 
@@ -1122,6 +1206,7 @@ static const luaL_Reg funcs[] = {
   {"_roundtrip", l_roundtrip},
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},
+  {"_map_iter", l_map_iter},
   {NULL, NULL}
 };
 

@@ -97,39 +97,59 @@ static void push_traceback(lua_State *L) {
 /*
 ** A map chunk: call fn on nchunk argument lists, in order.  Stack:
 ** [2] message handler, [base+1] fn, then the arguments, nseq per call.
-** The results go out as one flat list: for each call its result count
-** and results; a call that raised ends the list with -1, its error
-** value and traceback, and the calls after it do not run.
+** The results go out as one list {extras, r1, ..., rm}: rj is call j's
+** only result.  extras is nil when every call returned exactly one value
+** (the common case, and the fast one); otherwise a table with, at [j],
+** {n = count, results...} for a call j that returned some other number,
+** and, when call j raised, fail = j, err = value, tb = traceback.  The
+** calls after a failing one do not run.
 */
+static void chunk_extras(lua_State *L, int out) {
+  if (lua_type(L, out + 1) != LUA_TTABLE) {
+    lua_newtable(L);
+    lua_replace(L, out + 1);
+  }
+}
+
 static int run_chunk(lua_State *L, loom_future *f, int base, int n) {
   int k = f->nchunk, q = f->nseq, out = lua_gettop(L), j, a;
   if (n != 1 + k * q) return luaL_error(L, "malformed task");
+  luaL_checkstack(L, k + q + 8, "too many results");
+  lua_pushnil(L);                           /* out+1: extras */
   for (j = 0; j < k; j++) {
-    int top = lua_gettop(L);
-    luaL_checkstack(L, q + 4, "too many results");
-    lua_pushinteger(L, 0);                  /* top+1: the count */
+    int top = lua_gettop(L), nr;
     lua_pushvalue(L, base + 1);
     for (a = 0; a < q; a++) lua_pushvalue(L, base + 2 + j * q + a);
-    if (lua_pcall(L, q, LUA_MULTRET, 2) == LUA_OK) {
-      lua_pushinteger(L, lua_gettop(L) - top - 1);
-      lua_replace(L, top + 1);
-      continue;
+    if (lua_pcall(L, q, LUA_MULTRET, 2) != LUA_OK) {
+      push_traceback(L);                    /* top+1 error, top+2 tb */
+      /* an error value that cannot be copied goes as its string form */
+      if (lua_type(L, top + 1) == LUA_TUSERDATA
+          || lua_type(L, top + 1) == LUA_TTHREAD
+          || lua_type(L, top + 1) == LUA_TFUNCTION) {
+        luaL_tolstring(L, top + 1, NULL);
+        lua_replace(L, top + 1);
+      }
+      chunk_extras(L, out);
+      lua_setfield(L, out + 1, "tb");
+      lua_setfield(L, out + 1, "err");
+      lua_pushinteger(L, j + 1);
+      lua_setfield(L, out + 1, "fail");
+      break;
     }
-    lua_pushinteger(L, -1);
-    lua_replace(L, top + 1);
-    push_traceback(L);
-    if (!lua_checkstack(L, 2)) break;
-    /* an error value that cannot be copied goes as its string form */
-    if (lua_type(L, top + 2) == LUA_TUSERDATA
-        || lua_type(L, top + 2) == LUA_TTHREAD
-        || lua_type(L, top + 2) == LUA_TFUNCTION) {
-      luaL_tolstring(L, top + 2, NULL);
-      lua_replace(L, top + 2);
-    }
-    break;
+    nr = lua_gettop(L) - top;
+    if (nr == 1) continue;
+    /* not one result: pack them into extras[j + 1], leave a nil here */
+    luaL_checkstack(L, 4, "too many results");
+    chunk_extras(L, out);
+    lua_createtable(L, nr, 1);
+    lua_insert(L, top + 1);
+    for (a = nr; a >= 1; a--) lua_rawseti(L, top + 1, a);
+    lua_pushinteger(L, nr);
+    lua_setfield(L, top + 1, "n");
+    lua_rawseti(L, out + 1, j + 1);
+    lua_pushnil(L);
   }
-  f->result = loom_encode(L, out + 1, lua_gettop(L) - out,
-                          LOOM_AT_RESULT, 0, 1);
+  f->result = loom_encode_list(L, out + 1, lua_gettop(L) - out);
   return 0;
 }
 

@@ -40,7 +40,7 @@
 #define VERSION 2   /* bump on every change of the format */
 #define HEADER_LEN 9   /* magic, version, nobjs */
 
-enum {
+enum {   /* the scalars come first, up to T_STR (d_item relies on it) */
   T_NIL, T_FALSE, T_TRUE, T_INT, T_INT8, T_FLT, T_STR, T_TABLE, T_FUNC,
   T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT, T_PROTO
 };
@@ -543,8 +543,8 @@ static void e_function(encoder *e) {
   f->objindex = index;
 }
 
-/* Write the number at the top (not popped): 1, 2 or 9 bytes. */
-static void e_number(encoder *e) {
+/* Write the number at stack index idx (not popped): 2 or 9 bytes. */
+static void e_number(encoder *e, int idx) {
   lua_State *L = e->L;
   loom_msg *m = e->s->m;
   unsigned char *p;
@@ -555,8 +555,8 @@ static void e_number(encoder *e) {
     m = e->s->m;
   }
   p = m->data + m->len;
-  if (lua_isinteger(L, -1)) {
-    lua_Integer i = lua_tointeger(L, -1);
+  if (lua_isinteger(L, idx)) {
+    lua_Integer i = lua_tointeger(L, idx);
     if (i >= -128 && i <= 127) {
       p[0] = T_INT8;
       p[1] = (unsigned char)(signed char)i;
@@ -567,7 +567,7 @@ static void e_number(encoder *e) {
     tag = T_INT;
   }
   else {
-    lua_Number d = lua_tonumber(L, -1);
+    lua_Number d = lua_tonumber(L, idx);
     memcpy(&u, &d, sizeof u);
     tag = T_FLT;
   }
@@ -588,7 +588,7 @@ static void e_item(encoder *e) {
     case LUA_TBOOLEAN: e_byte(e, lua_toboolean(L, -1) ? T_TRUE : T_FALSE);
       break;
     case LUA_TNUMBER:
-      e_number(e);
+      e_number(e, -1);
       break;
     case LUA_TSTRING: {
       size_t len;
@@ -718,7 +718,7 @@ static void e_run(encoder *e) {
               e_item(e);   /* may open a frame, which must run first */
               break;
             }
-            e_number(e);
+            e_number(e, -1);
             lua_pop(L, 1);
             if (lua_next(L, f->obj) == 0) {
               f->phase = EP_META;
@@ -755,8 +755,9 @@ static void e_run(encoder *e) {
   }
 }
 
-loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
-                      int argbase, int refs_ok) {
+/* loom_encode, or with 'list' set, loom_encode_list. */
+static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
+                        int argbase, int refs_ok, int list) {
   encoder e;
   scratch *s;
   loom_msg *m;
@@ -799,13 +800,25 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   e_bytes(&e, MAGIC, 4);
   e_byte(&e, VERSION);
   e_bytes(&e, "\0\0\0\0", 4);      /* nobjs, patched below */
-  e_varint(&e, (uint64_t)n);
+  if (list) {   /* one value: an array table that was never built */
+    e_varint(&e, 1);
+    e_byte(&e, T_TABLE);
+    e_bytes(&e, "\0\0\0\0\0\0\0\0", 8);
+    put_u32(s->m->data + s->m->len - 8, (uint32_t)n);
+    e.nobjs = 1;   /* it is object 0, as the decoder numbers it */
+  }
+  else e_varint(&e, (uint64_t)n);
   for (i = 0; i < n; i++) {
+    if (lua_type(L, first + i) == LUA_TNUMBER) {   /* common; no frame */
+      e_number(&e, first + i);
+      continue;
+    }
     e.root = i;
     lua_pushvalue(L, first + i);
     e_item(&e);
     e_run(&e);
   }
+  if (list) e_byte(&e, 0);   /* no metatable */
   m = s->m;
   put_u32(m->data + 5, (uint32_t)e.nobjs);
   if (m->len <= SCRATCH_KEEP && m->refs == NULL) {
@@ -823,6 +836,15 @@ loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
   s->busy = 0;
   lua_settop(L, e.base);
   return m;
+}
+
+loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
+                      int argbase, int refs_ok) {
+  return encode(L, first, n, place, argbase, refs_ok, 0);
+}
+
+loom_msg *loom_encode_list(lua_State *L, int first, int n) {
+  return encode(L, first, n, LOOM_AT_RESULT, 0, 1, 1);
 }
 
 /* --------------------------------------------------------------- decoder */
@@ -994,8 +1016,11 @@ static void d_proto(decoder *d, loom_proto *p) {
 static int d_item(decoder *d, int upvalue) {
   lua_State *L = d->L;
   int tag;
-  if (!lua_checkstack(L, 4)) d_error(d, "nesting too deep");
+  /* A scalar is attached (popped) at once, or is a root value, for which
+  ** loom_decode reserved room; the rest may open a frame or use more. */
   tag = d_byte(d);
+  if (tag > T_STR && !lua_checkstack(L, 4))   /* the scalars: T_NIL..T_STR */
+    d_error(d, "nesting too deep");
   switch (tag) {
     case T_NIL: lua_pushnil(L); return 0;
     case T_FALSE: lua_pushboolean(L, 0); return 0;

@@ -235,25 +235,7 @@ function Executor:map(fn, ...)
   local closer = setmetatable({}, { __close = function()
     for _, f in ipairs(futures) do f:cancel() end
   end })
-  local i, chunk, chunk_index, pos = 0, nil, 0, 1
-  local function step()
-    if i >= n then return nil end
-    i = i + 1
-    local left = deadline and deadline - clock()
-    if left and left < 0 then left = 0 end
-    if chunksize == 1 then
-      return i, futures[i]:result(left)
-    end
-    local c = (i - 1) // chunksize + 1
-    if c ~= chunk_index then
-      chunk, chunk_index, pos = futures[c]:_chunk(left), c, 1
-    end
-    local count = chunk[pos]
-    if count == -1 then error(chunk[pos + 1], 0) end
-    pos = pos + 1 + count
-    return i, table_unpack(chunk, pos - count, pos - 1)
-  end
-  return step, nil, nil, closer
+  return core._map_iter(futures, n, chunksize, deadline), nil, nil, closer
 end
 
 return loom
