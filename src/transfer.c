@@ -260,6 +260,17 @@ static void e_varint(encoder *e, uint64_t v) {
 }
 
 
+/* Little-endian 8 bytes.  On a little-endian host this is one store
+** (the byte loop was ~40 instructions on the hottest path). */
+static void put_u64(unsigned char *p, uint64_t v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(p, &v, 8);
+#else
+  int i;
+  for (i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+#endif
+}
+
 static void put_u32(unsigned char *p, uint32_t v) {
   p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8);
   p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
@@ -549,7 +560,7 @@ static void e_number(encoder *e, int idx) {
   loom_msg *m = e->s->m;
   unsigned char *p;
   uint64_t u;
-  int k, tag;
+  int tag;
   if (m->cap - m->len < 9) {
     e_grow(e, 9);
     m = e->s->m;
@@ -572,7 +583,7 @@ static void e_number(encoder *e, int idx) {
     tag = T_FLT;
   }
   p[0] = (unsigned char)tag;
-  for (k = 0; k < 8; k++) p[1 + k] = (unsigned char)(u >> (8 * k));
+  put_u64(p + 1, u);
   m->len += 9;
 }
 
@@ -895,8 +906,12 @@ static uint64_t d_varint(decoder *d) {
 /* 8 little-endian bytes at p (the caller checked they are there) */
 static uint64_t get_u64(const unsigned char *p) {
   uint64_t v = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(&v, p, 8);
+#else
   int i;
   for (i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+#endif
   return v;
 }
 
@@ -1249,6 +1264,10 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
           else if (tag == T_INT8 && d.end - d.p >= 2) {
             lua_pushinteger(L, (signed char)d.p[1]);
             d.p += 2;
+          }
+          else if (tag == T_INT && d.end - d.p >= 9) {
+            lua_pushinteger(L, (lua_Integer)get_u64(d.p + 1));
+            d.p += 9;
           }
           else break;
           lua_rawseti(L, f->obj, (lua_Integer)++f->i);
