@@ -272,6 +272,7 @@ static int worker_setup(lua_State *L) {
 static void *worker_main(void *arg) {
   worker_arg wa = *(worker_arg *)arg;
   loom_pool *p = wa.pool;
+  loom_future *done = NULL;   /* finished; the queue's ref still to drop */
   lua_State *L;
   char *broken = NULL;
   loom_free(arg);
@@ -316,6 +317,12 @@ static void *worker_main(void *arg) {
   }
   for (;;) {
     loom_future *f;
+    if (done != NULL && p->head == NULL) {   /* about to wait: let go now */
+      pthread_mutex_unlock(&p->mu);
+      loom_future_decref(done);
+      done = NULL;
+      pthread_mutex_lock(&p->mu);
+    }
     while (p->head == NULL && !p->stopping) {
       /* Before sleeping, one worker spins a little: a task submitted
       ** meanwhile then costs the submitter no wake-up call. */
@@ -350,21 +357,25 @@ static void *worker_main(void *arg) {
     if (p->broken) {   /* another worker's init failed */
       fail_locked(f, "broken", p->broken);
       pthread_mutex_unlock(&p->mu);
+      if (done != NULL) loom_future_decref(done);
+      done = NULL;
       loom_future_decref(f);
       pthread_mutex_lock(&p->mu);
       continue;
     }
     atomic_store_explicit(&f->state, LOOM_RUNNING, memory_order_release);
     pthread_mutex_unlock(&p->mu);
+    if (done != NULL) loom_future_decref(done);
     worker_run(L, f);
+    /* Completing and taking the next task share one hold of the lock;
+    ** the queue's reference to f goes after the next unlock. */
     pthread_mutex_lock(&p->mu);
     loom_future_complete_locked(f, LOOM_FINISHED);
-    pthread_mutex_unlock(&p->mu);
-    loom_future_decref(f);   /* the queue's reference */
-    pthread_mutex_lock(&p->mu);
+    done = f;
   }
   p->nexited++;
   pthread_mutex_unlock(&p->mu);
+  if (done != NULL) loom_future_decref(done);
   lua_close(L);
   return NULL;
 }
@@ -425,6 +436,7 @@ loom_pool *loom_pool_new(loom_pool_config *cfg, const char **err) {
 }
 
 int loom_pool_submit(loom_pool *p, loom_future *f) {
+  int wake;
   pthread_mutex_lock(&p->mu);
   if (p->stopping) {
     pthread_mutex_unlock(&p->mu);
@@ -444,12 +456,14 @@ int loom_pool_submit(loom_pool *p, loom_future *f) {
   if (p->tail) p->tail->next = f; else p->head = f;
   p->tail = f;
   /* A spinning worker takes one task by itself; wake a sleeping one for
-  ** any task beyond that (else it could wait behind a long task). */
-  if (atomic_fetch_add_explicit(&p->nqueued, 1, memory_order_relaxed) + 1
-          > p->nspinning
-      && p->nidle > 0)
-    pthread_cond_signal(&p->work);
+  ** any task beyond that (else it could wait behind a long task).  The
+  ** signal goes after the unlock, so the woken worker does not at once
+  ** block on the mutex we still hold. */
+  wake = atomic_fetch_add_explicit(&p->nqueued, 1, memory_order_relaxed) + 1
+             > p->nspinning
+         && p->nidle > 0;
   pthread_mutex_unlock(&p->mu);
+  if (wake) pthread_cond_signal(&p->work);
   return 0;
 }
 
