@@ -160,14 +160,26 @@ local function w2(runs)
     for c = 1, CALLS do futs[c]:result() end
   end
 
+  -- The machine's own ceiling: the same calls split over two separate
+  -- lua5.4 processes started together (no loom, nothing shared). On a
+  -- shared VM this is often well below 2x; loom cannot beat it.
+  local interp = arg and arg[-1] or "lua5.4"
+  local child = ("%s -e 'local x = 0; for _ = 1, %d do for i = 1, %d do "
+                 .. "x = x + i %% 7 end end'"):format(interp, CALLS // 2, n)
+  local function two_processes()
+    assert(os.execute(child .. " & " .. child .. "; wait"))
+  end
+
   local samples = { serial = {}, cores_serial = {}, calls = CALLS, loop_count = n,
-                    per_call_target = TARGET }
+                    per_call_target = TARGET, procs2 = {} }
   for _, w in ipairs(W2_WORKERS) do
     samples["w" .. w], samples["cores_w" .. w] = {}, {}
   end
   for r = 0, runs do   -- round 0 is the warm-up, not recorded
     local dt, cores = timed(function() for _ = 1, CALLS do spin(n) end end)
     if r > 0 then samples.serial[r], samples.cores_serial[r] = dt, cores end
+    dt = timed(two_processes)
+    if r > 0 then samples.procs2[r] = dt end
     for _, w in ipairs(W2_WORKERS) do
       -- A fresh executor per sample, started and warmed outside the timing:
       -- W2 measures running work in parallel, W5 measures startup.

@@ -127,6 +127,7 @@ def figures(lua, py, lua_mem, py_mem):
     for w in (1, 2, 4, 8):
         secs(f"w2.loom.{w}", lua["w2"][f"w{w}"], "s")
         secs(f"w2.pyP.{w}", py["w2"][f"process{w}"], "s")
+    secs("w2.lua.procs2", lua["w2"]["procs2"], "s")
     secs("w2.py.serial", py["w2"]["serial"], "s")
     secs("w2.pyT.2", py["w2"]["thread2"], "s")
 
@@ -208,6 +209,9 @@ def table_rows(fig, lua, py):
         rows.append((f"loom {w} worker{'s' if w > 1 else ''}", f"w2.loom.{w}",
                      "w2.lua.serial", "w2.pyT.2" if w == 2 else None,
                      f"w2.pyP.{w}", targets))
+    sp = speedup(fig, "w2.lua.serial", "w2.lua.procs2")
+    rows.append(("2 lua5.4 processes, no loom", "w2.lua.procs2", "w2.lua.serial",
+                 None, None, [target(f"speedup {sp:.2f}x: the machine's ceiling")]))
     rows.append(("Python serial", "w2.py.serial", "w2.lua.serial", None, None, []))
     for w in (1, 2, 4, 8):
         sp = speedup(fig, "w2.py.serial", f"w2.pyP.{w}")
@@ -362,6 +366,8 @@ def main():
         "loom_cpus_busy": [statistics.median(lua["w2"][f"cores_w{w}"])
                            for w in (1, 2, 4, 8)],
         "cpus": cpus,
+        # two plain lua5.4 processes sharing the calls: the machine's ceiling
+        "lua_processes_2": speedup(fig, "w2.lua.serial", "w2.lua.procs2"),
     }
     results = {
         "meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
