@@ -265,7 +265,7 @@ describe("ex:map with named options", function()
       local at, value = case[1], case[2]
       local seen = {}
       local ok, err = pcall(function()
-        for i, v in ex:map { function(x)
+        for _, v in ex:map { function(x)
           if x == at then error(value, 0) end
           return x * 10
         end, { 1, 2, 3, 4, 5, 6 }, chunksize = 3 } do
