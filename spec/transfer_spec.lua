@@ -168,6 +168,72 @@ describe("transfer", function()
     end)
   end)
 
+  describe("arrays of numbers", function()
+    -- On Lua 5.4 the copier reads and writes the numbers of an array part
+    -- in place (transfer.c); core._inplace_arrays(false) turns that off.
+    -- Both ways must write the same bytes and read back the same tables.
+    local function shapes()
+      local out = {}
+      local function add(name, t) out[#out + 1] = { name = name, t = t } end
+      add("constructor", { 1, 2.5, -0.0, 1 / 0, -1 / 0, 0 / 0, math.maxinteger,
+                           math.mininteger, 127, -128, 128, -129, 2 ^ 53 })
+      local grown = {}
+      for i = 1, 1000 do grown[#grown + 1] = (i % 3 == 0) and i + 0.5 or i end
+      add("grown one by one", grown)
+      local holes = { 1, 2, 3, 4, 5, 6, 7, 8 }
+      holes[8], holes[7] = nil, nil
+      local _ = #holes          -- lets Lua lower its size hint below the array size
+      holes[7] = 7              -- then a number beyond that hint, inside the array
+      add("size hint below the array", holes)
+      add("a hole in the middle", { 1, 2, nil, 4, 5 })
+      add("a string among numbers", { 1.5, 2, "x", 3, 4 })
+      add("a table among numbers", { 1, { 2 }, 3 })
+      add("numbers then other keys", { 1, 2, 3, x = 4, [10] = 10, [2.5] = 1 })
+      add("empty", {})
+      local big = {}
+      for i = 1, 100000 do big[i] = i * 0.25 end
+      add("100,000 floats", big)
+      return out
+    end
+
+    it("is on for this interpreter", function()
+      assert.is_true(core._inplace_arrays())
+    end)
+
+    for _, shape in ipairs(shapes()) do
+      it("writes the same bytes both ways: " .. shape.name, function()
+        local inplace = loom.encode(shape.t)
+        core._inplace_arrays(false)
+        local ok, api = pcall(loom.encode, shape.t)
+        core._inplace_arrays(true)
+        assert.is_true(ok, api)
+        assert.are.equal(api, inplace)
+      end)
+
+      it("reads back the same table both ways: " .. shape.name, function()
+        local bytes = loom.encode(shape.t)
+        local inplace = loom.decode(bytes)
+        core._inplace_arrays(false)
+        local ok, api = pcall(loom.decode, bytes)
+        core._inplace_arrays(true)
+        assert.is_true(ok, api)
+        assert_same_graph(shape.t, inplace)
+        assert_same_graph(shape.t, api)
+      end)
+    end
+
+    it("copies a million floats to a worker and back exactly", function()
+      local t = {}
+      for i = 1, 1000000 do t[i] = math.random() * 2 ^ (i % 64) end
+      local ex <close> = loom.executor { workers = 1 }
+      local back = ex:submit(function(v) return v end, t):result()
+      assert.are.equal(#t, #back)
+      for i = 1, #t do
+        if back[i] ~= t[i] then error(("differs at %d: %s ~= %s"):format(i, back[i], t[i])) end
+      end
+    end)
+  end)
+
   for _, via in ipairs(TRANSPORTS) do
     local copy = via.copy
 

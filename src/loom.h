@@ -118,6 +118,12 @@ typedef enum { LOOM_AT_VALUE, LOOM_AT_ARGUMENT, LOOM_AT_RESULT } loom_place;
 LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
                                loom_place place, int argbase, int refs_ok);
 
+/* Check, once per process, that this interpreter's tables are laid out
+** as transfer.c expects for reading and writing arrays of numbers in
+** place; if not, the copier keeps to the C API.  Called by luaopen. */
+void loom_arrays_check(lua_State *L);
+int loom_arrays_inplace(int on);   /* 1 when in use; on >= 0 sets it */
+
 /* As loom_encode (results, refs allowed), but the n values go as one
 ** array table of length n, which the decoder builds directly. */
 LOOM_API loom_msg *loom_encode_list(lua_State *L, int first, int n);

@@ -1052,6 +1052,15 @@ static int l_call_in_new_state(lua_State *L) {
 
 /* ---------------------------------------------------------------- misc */
 
+/* core._inplace_arrays([on]): whether arrays of numbers are copied in
+** place (see transfer.c), after turning that on or off if asked; for the
+** specs, which compare both ways of copying. */
+static int l_inplace_arrays(lua_State *L) {
+  int on = lua_isnoneornil(L, 1) ? -1 : lua_toboolean(L, 1);
+  lua_pushboolean(L, loom_arrays_inplace(on));
+  return 1;
+}
+
 static int l_cpu_count(lua_State *L) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
@@ -1207,6 +1216,7 @@ static const luaL_Reg funcs[] = {
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},
   {"_map_iter", l_map_iter},
+  {"_inplace_arrays", l_inplace_arrays},
   {NULL, NULL}
 };
 
@@ -1234,6 +1244,7 @@ static void newclass(lua_State *L, const char *name, const luaL_Reg *m,
 LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   mstate *ms;
   int msi;
+  loom_arrays_check(L);
   /* one module record per state, however often the module is opened */
   if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE) == LUA_TNIL) {
     lua_pop(L, 1);
