@@ -136,7 +136,9 @@ static int module_gc(lua_State *L) {
 static double opttimeout(lua_State *L, int idx) {
   lua_Number t;
   if (lua_isnoneornil(L, idx)) return -1;
-  t = luaL_checknumber(L, idx);
+  /* a number, not a numeric string: as wait, as_completed and map take it */
+  if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "number");
+  t = lua_tonumber(L, idx);
   luaL_argcheck(L, t == t, idx, "timeout is NaN");
   return t < 0 ? 0 : t;
 }
