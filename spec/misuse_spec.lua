@@ -604,21 +604,35 @@ describe("misuse: ex:map", function()
     end)
   end)
 
-  it("raises a transfer error for an element that cannot cross", function()
+  it("raises a transfer error naming the element that cannot cross", function()
     local fx = fixture(finally)
     local err = helpers.loom_error("transfer", function()
       fx.ex:map(function(x) return x end, { 1, coroutine.create(print) })
     end)
-    assert_contains(err.message, "cannot transfer a coroutine")
+    assert_contains(err.message, "element 2 of sequence #1: cannot transfer a coroutine")
   end)
 
-  it("raises a transfer error for an element that cannot cross, in chunks", function()
+  it("raises a transfer error naming the element that cannot cross, in chunks", function()
     local fx = fixture(finally)
     local err = helpers.loom_error("transfer", function()
       fx.ex:map { function(x) return x end, { 1, 2, coroutine.create(print) }, chunksize = 2 }
     end)
-    assert_contains(err.message, "cannot transfer a coroutine")
+    assert_contains(err.message, "element 3 of sequence #1: cannot transfer a coroutine")
+    err = helpers.loom_error("transfer", function()
+      fx.ex:map { function(x, y) return x, y end, { 1, 2, 3 }, { 4, { coroutine.create(print) }, 6 },
+                  chunksize = 2 }
+    end)
+    assert_contains(err.message, "element 2 of sequence #2: index 1: cannot transfer a coroutine")
     assert.are.equal(3, fx.ex:submit(function() return 3 end):result())
+  end)
+
+  it("raises a transfer error naming the mapped function when it cannot cross", function()
+    local fx = fixture(finally)
+    local co = coroutine.create(print)
+    local err = helpers.loom_error("transfer", function()
+      fx.ex:map(function() return co end, { 1 })
+    end)
+    assert_contains(err.message, "the function: upvalue 'co': cannot transfer a coroutine")
   end)
 
   for _, chunksize in ipairs { 1, 2 } do

@@ -105,7 +105,10 @@ typedef struct loom_msg {
 LOOM_API void loom_msg_free(loom_msg *m);
 
 /* Where a value being encoded sits, for error messages. */
-typedef enum { LOOM_AT_VALUE, LOOM_AT_ARGUMENT, LOOM_AT_RESULT } loom_place;
+typedef enum {
+  LOOM_AT_VALUE, LOOM_AT_ARGUMENT, LOOM_AT_RESULT,
+  LOOM_AT_MAP   /* a map chunk: fn, then nseq arguments per call */
+} loom_place;
 
 /*
 ** Encode the n values at stack [first, first+n-1] into a new message.
@@ -123,6 +126,12 @@ LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
 ** place; if not, the copier keeps to the C API.  Called by luaopen. */
 void loom_arrays_check(lua_State *L);
 int loom_arrays_inplace(int on);   /* 1 when in use; on >= 0 sets it */
+
+/* As loom_encode (arguments, refs allowed), for a map chunk: fn and then
+** nseq values for each call from index i0 on; errors name "element i of
+** sequence #s". */
+LOOM_API loom_msg *loom_encode_map(lua_State *L, int first, int n,
+                                   lua_Integer i0, int nseq);
 
 /* As loom_encode (results, refs allowed), but the n values go as one
 ** array table of length n, which the decoder builds directly. */

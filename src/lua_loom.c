@@ -338,7 +338,8 @@ static int future_result(lua_State *L) {
 /*
 ** The iterator of ex:map, in C: a generic for calls it once per result,
 ** so its cost is the caller's cost per call.  Upvalues: 1 the module
-** record, 2 the futures (one per call, or one per chunk), 3 a mapiter,
+** record, 2 the futures (made by _map_call for chunksize 1, else one per
+** chunk by _map_chunk), 3 a mapiter,
 ** 4 the current chunk's result list {extras, r1, ...} (see run_chunk in
 ** pool.c), 5 its extras (nil when every call gave one result).
 */
@@ -372,7 +373,7 @@ static int map_step(lua_State *L) {
   lua_Integer k, j;
   if (it->i >= it->n) return 0;
   it->i++;
-  if (it->chunksize == 1) {
+  if (it->chunksize == 1) {   /* plain tasks: their results as they are */
     int n = map_results(L, it, it->i);
     lua_pushinteger(L, it->i);
     lua_replace(L, 1);
@@ -414,7 +415,7 @@ static int map_step(lua_State *L) {
 }
 
 /* core._map_iter(futures, n, chunksize, deadline-or-nil): ex:map's step
-** function, over futures made by submit (chunksize 1) or _map_chunk. */
+** function, over the futures made by _map_call or _map_chunk. */
 static int l_map_iter(lua_State *L) {
   mapiter *it;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -610,27 +611,42 @@ static int executor_submit(lua_State *L) {
                  0, 0);
 }
 
-/* ex:_map_chunk(fn, i0, i1, seq1, ..., seqN): one task for the calls
-** fn(seq1[i], ..., seqN[i]), i = i0..i1; f:_chunk() collects it. */
-static int executor_map_chunk(lua_State *L) {
+/* Queue one task for the calls fn(seq1[i], ..., seqN[i]), i = i0..i1,
+** with fn at slot 2 and the sequences from slot sq on.  As a chunk, its
+** results come back as one list (run_chunk in pool.c); as a plain task
+** (one call: map with chunksize 1), as a submit's do. */
+static int map_task(lua_State *L, lua_Integer i0, lua_Integer i1, int sq,
+                    int chunk) {
   xhandle *x = checkexecutor(L, 1);
-  lua_Integer i0 = luaL_checkinteger(L, 3), i1 = luaL_checkinteger(L, 4), i;
-  int nseq = lua_gettop(L) - 4, a, base;
+  int nseq = lua_gettop(L) - sq + 1, a, base;
+  lua_Integer i;
   fhandle *h;
   loom_msg *m;
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_argcheck(L, i0 >= 1 && i1 >= i0 && i1 - i0 < 100000, 4,
+  luaL_argcheck(L, i0 >= 1 && i1 >= i0 && i1 - i0 < 100000, 3,
                 "bad chunk range");
-  luaL_argcheck(L, nseq >= 1 && nseq <= 250, 5, "bad number of sequences");
+  luaL_argcheck(L, nseq >= 1 && nseq <= 250, sq, "bad number of sequences");
   h = newfuture(L, x);
   base = lua_gettop(L);
   luaL_checkstack(L, (int)(i1 - i0 + 1) * nseq + 2, "chunk too large");
   lua_pushvalue(L, 2);
   for (i = i0; i <= i1; i++)
-    for (a = 0; a < nseq; a++) lua_geti(L, 5 + a, i);
-  m = loom_encode(L, base + 1, lua_gettop(L) - base, LOOM_AT_VALUE, 0, 1);
+    for (a = 0; a < nseq; a++) lua_geti(L, sq + a, i);
+  m = loom_encode_map(L, base + 1, lua_gettop(L) - base, i0, nseq);
   lua_settop(L, base);
-  return enqueue(L, x, h, m, (int)(i1 - i0 + 1), nseq);
+  return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, nseq);
+}
+
+/* ex:_map_chunk(fn, i0, i1, seq1, ..., seqN): the calls i0..i1, as one
+** task whose results are one list. */
+static int executor_map_chunk(lua_State *L) {
+  return map_task(L, luaL_checkinteger(L, 3), luaL_checkinteger(L, 4), 5, 1);
+}
+
+/* ex:_map_call(fn, i, seq1, ..., seqN): call i alone, as a plain task. */
+static int executor_map_call(lua_State *L) {
+  lua_Integer i = luaL_checkinteger(L, 3);
+  return map_task(L, i, i, 4, 0);
 }
 
 static int optfield(lua_State *L, int idx, const char *k, int def) {
@@ -1186,6 +1202,7 @@ static const luaL_Reg executor_methods[] = {
   {"close", executor_close},
   {"workers", executor_workers},
   {"_map_chunk", executor_map_chunk},
+  {"_map_call", executor_map_call},
   {NULL, NULL}
 };
 

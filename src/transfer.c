@@ -172,6 +172,8 @@ typedef struct encoder {
   int refs_ok;
   loom_place place;
   int argbase, root;  /* for error messages */
+  lua_Integer i0;     /* LOOM_AT_MAP: the first call's index; nseq per call */
+  int nseq;
   eframe *f;          /* frames: inline or in the S_FRAMES userdata */
   int nf, capf;
   eframe inl[INLINE_FRAMES];
@@ -333,6 +335,14 @@ static int e_error(encoder *e, const char *what) {
   }
   else if (e->place == LOOM_AT_RESULT) {
     lua_pushfstring(L, "result #%d: ", e->root + 1);
+    luaL_addvalue(&b);
+  }
+  else if (e->place == LOOM_AT_MAP) {   /* fn, then nseq values per call */
+    if (e->root == 0) lua_pushliteral(L, "the function: ");
+    else
+      lua_pushfstring(L, "element %I of sequence #%d: ",
+                      (LUAI_UACINT)(e->i0 + (e->root - 1) / e->nseq),
+                      (e->root - 1) % e->nseq + 1);
     luaL_addvalue(&b);
   }
   for (k = 0; k < e->nf; k++) {
@@ -878,7 +888,8 @@ static void e_run(encoder *e) {
 
 /* loom_encode, or with 'list' set, loom_encode_list. */
 static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
-                        int argbase, int refs_ok, int list) {
+                        int argbase, int refs_ok, int list, lua_Integer i0,
+                        int nseq) {
   encoder e;
   scratch *s;
   loom_msg *m;
@@ -914,6 +925,8 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
   e.refs_ok = refs_ok;
   e.place = place;
   e.argbase = argbase;
+  e.i0 = i0;
+  e.nseq = nseq > 0 ? nseq : 1;
   e.root = 0;
   e.f = e.inl;
   e.nf = 0;
@@ -961,11 +974,16 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
 
 loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
                       int argbase, int refs_ok) {
-  return encode(L, first, n, place, argbase, refs_ok, 0);
+  return encode(L, first, n, place, argbase, refs_ok, 0, 0, 0);
 }
 
 loom_msg *loom_encode_list(lua_State *L, int first, int n) {
-  return encode(L, first, n, LOOM_AT_RESULT, 0, 1, 1);
+  return encode(L, first, n, LOOM_AT_RESULT, 0, 1, 1, 0, 0);
+}
+
+loom_msg *loom_encode_map(lua_State *L, int first, int n, lua_Integer i0,
+                          int nseq) {
+  return encode(L, first, n, LOOM_AT_MAP, 0, 1, 0, i0, nseq);
 }
 
 /* --------------------------------------------------------------- decoder */

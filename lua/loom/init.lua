@@ -215,17 +215,11 @@ function Executor:map(fn, ...)
   local deadline = timeout and clock() + timeout
   local nseq = seqs.n
   local futures = {}
-  local function args_of(i)
-    if nseq == 1 then return seqs[1][i] end
-    local a = {}
-    for s = 1, nseq do a[s] = seqs[s][i] end
-    return table_unpack(a, 1, nseq)
-  end
-  if chunksize == 1 then
-    for i = 1, n do futures[i] = self:submit(fn, args_of(i)) end
+  if chunksize == 1 then   -- a plain task per call
+    for i = 1, n do futures[i] = self:_map_call(fn, i, table_unpack(seqs, 1, nseq)) end
   else
-    -- one task per chunk; its results come back as one flat list:
-    -- count, results..., for each call; -1, error, traceback on a failure
+    -- one task per chunk of calls; its results come back as one list
+    -- (see run_chunk in src/pool.c)
     for c = 1, math.ceil(n / chunksize) do
       futures[c] = self:_map_chunk(fn, (c - 1) * chunksize + 1,
                                    math.min(c * chunksize, n),
