@@ -109,7 +109,7 @@ void loom_msg_free(loom_msg *m) {
 ** message being written, so a Lua error in the middle frees nothing by
 ** hand: the next encode (or the GC) reuses or frees it.  'busy' guards
 ** against a finalizer that encodes while an encode is under way; such a
-** nested encode uses a temporary scratch.
+** nested encode puts a fresh scratch in the registry (see loom_encode).
 */
 typedef struct scratch {
   loom_msg *m;
@@ -904,9 +904,16 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
   }
   s = (scratch *)lua_touserdata(L, -1);
-  if (s->busy) {  /* nested encode from a finalizer: use a fresh one */
+  if (s->busy) {
+    /* Either a finalizer encodes while an encode is under way, or an
+    ** earlier encode was cut short by a memory error that left the flag
+    ** set.  Either way a fresh one replaces it in the registry: a running
+    ** encode keeps its own anchored on its stack (slot S_SCRATCH), and a
+    ** stale one is collected, so later encodes are not slowed for good. */
     lua_pop(L, 1);
     s = newscratch(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
   }
   lua_settop(L, e.base + S_NSLOTS);   /* the other slots, all nil */
   s->busy = 1;
