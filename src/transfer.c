@@ -1359,17 +1359,27 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
   if (nobjs > d_left(&d) || nvalues > d_left(&d))
     d_error(&d, "bad counts");
   luaL_checkstack(L, (int)nvalues + 8, "too many values");
+  d.f = d.inl;
+  d.nf = 0;
+  d.capf = INLINE_FRAMES;
+  if (nobjs == 0) {
+    /* No table or function (each would be numbered): every value is a
+    ** scalar, pushed in place, with no helper slots to remove after.
+    ** An object here fails in d_register, before any frame is used. */
+    d.objs = d.framebuf = 0;
+    d.nobjs = d.maxobjs = 0;
+    for (v = 0; v < nvalues; v++)
+      if (d_item(&d, 0) != 0) d_error(&d, "misplaced upvalue join");
+    if (d.p != d.end) d_error(&d, "trailing bytes");
+    return (int)nvalues;
+  }
   base = lua_gettop(L);
-  if (nobjs > 0) lua_createtable(L, (int)nobjs, 0);
-  else lua_pushnil(L);   /* nothing will be numbered */
+  lua_createtable(L, (int)nobjs, 0);
   d.objs = lua_gettop(L);
   d.nobjs = 0;
   d.maxobjs = (int)nobjs;
   lua_pushnil(L);
   d.framebuf = lua_gettop(L);
-  d.f = d.inl;
-  d.nf = 0;
-  d.capf = INLINE_FRAMES;
   for (v = 0; v < nvalues; v++) {
     if (d_item(&d, 0) < 0) d_error(&d, "misplaced upvalue join");
     while (d.nf > 0) {   /* fill open frames; the root stays on top */
