@@ -24,6 +24,26 @@ describe("loom.executor", function()
     assert.are.equal(5, ex:submit(function(a, b) return a + b end, 1, 4):result())
   end)
 
+  it("runs the function submitted each time, when functions alternate and die", function()
+    -- the caller remembers the last function sent; that must never make a
+    -- new function, perhaps at a dead one's address, run the old code
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function twice(x) return 2 * x end
+    local function thrice(x) return 3 * x end
+    for round = 1, 50 do
+      assert.are.equal(2 * round, ex:submit(twice, round):result())
+      assert.are.equal(2 * round, ex:submit(twice, round):result())
+      assert.are.equal(3 * round, ex:submit(thrice, round):result())
+      local fresh = assert(load("return function(x) return x + " .. round .. " end"))()
+      assert.are.equal(round + round, ex:submit(fresh, round):result())
+      fresh = nil -- luacheck: ignore 311
+      collectgarbage()
+      local other = assert(load("return function(x) return x - " .. round .. " end"))()
+      assert.are.equal(0, ex:submit(other, round):result())
+    end
+  end)
+
   it("accepts a number as shorthand for { workers = n }", function()
     local s = helpers.scope(finally)
     local ex = s:executor(1)

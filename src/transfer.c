@@ -114,6 +114,12 @@ void loom_msg_free(loom_msg *m) {
 typedef struct scratch {
   loom_msg *m;
   int busy;
+  /* The last function sent by reference and its proto (one reference
+  ** held): submitting the same function again skips the cache lookups.
+  ** The function is the userdata's user value, so while it is cached its
+  ** address cannot be taken by another object. */
+  const void *lastfn;
+  loom_proto *lastp;
 } scratch;
 
 static void scratch_reset(scratch *s) {
@@ -127,13 +133,18 @@ static int scratch_gc(lua_State *L) {
   scratch_reset(s);
   loom_msg_free(s->m);
   s->m = NULL;
+  if (s->lastp) loom_proto_decref(s->lastp);
+  s->lastp = NULL;
+  s->lastfn = NULL;
   return 0;
 }
 
 static scratch *newscratch(lua_State *L) {
-  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 0);
+  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 1);
   s->m = NULL;
   s->busy = 0;
+  s->lastfn = NULL;
+  s->lastp = NULL;
   if (luaL_newmetatable(L, LOOM_SCRATCH)) {
     lua_pushcfunction(L, scratch_gc);
     lua_setfield(L, -2, "__gc");
@@ -643,6 +654,12 @@ static void e_function(encoder *e) {
   eframe *f;
   loom_proto *p;
   int nups = 0, index;
+  const void *id = lua_topointer(L, -1);
+  scratch *s = e->s;
+  if (id == s->lastfn && e->refs_ok) {   /* the same function as last time */
+    p = s->lastp;
+    goto byref;
+  }
   while (lua_getupvalue(L, -1, nups + 1) != NULL) {
     lua_pop(L, 1);
     nups++;
@@ -650,6 +667,15 @@ static void e_function(encoder *e) {
   if (nups > 255) e_error(e, "function has too many upvalues");
   p = e_proto(e, nups);
   if (p->simple && e->refs_ok) {  /* sent by reference, loaded once */
+    if (s == lua_touserdata(L, e->base + S_SCRATCH)) {   /* remember it */
+      atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+      if (s->lastp) loom_proto_decref(s->lastp);
+      s->lastp = p;
+      s->lastfn = id;
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, e->base + S_SCRATCH, 1);
+    }
+  byref:
     index = e_addref(e, LOOM_REF_PROTO, p);
     e_byte(e, T_PROTO);
     e_varint(e, (uint64_t)index);
@@ -670,7 +696,6 @@ static void e_function(encoder *e) {
   f->objindex = index;
 }
 
-/* Write the number at stack index idx (not popped): 2 or 9 bytes. */
 /* Write one number, an integer (isint) or the bits of a float: 2 or 9
 ** bytes. */
 static void e_num(encoder *e, int isint, lua_Integer i, lua_Number d) {
