@@ -1099,13 +1099,13 @@ describe("misuse: internal methods reachable from Lua", function()
     for name, fn in pairs(Executor) do
       if type(name) == "string" and name:sub(1, 1) == "_" then
         clean(fn, ex)
-        clean(fn, ex, print)
-        clean(fn, ex, print, 1, 10)
-        clean(fn, ex, print, 5, 1, {})
-        clean(fn, ex, print, -5, math.maxinteger, {})
-        clean(fn, ex, print, 1, 3, { 1, 2, 3 }, "not a table")
-        clean(fn, ex, print, 1, 3, { 1, 2, 3 }, io.stdout)
-        clean(fn, fut, print, 1, 1, { 1 })
+        clean(fn, ex, type)
+        clean(fn, ex, type, 1, 10)
+        clean(fn, ex, type, 5, 1, {})
+        clean(fn, ex, type, -5, math.maxinteger, {})
+        clean(fn, ex, type, 1, 3, { 1, 2, 3 }, "not a table")
+        clean(fn, ex, type, 1, 3, { 1, 2, 3 }, io.stdout)
+        clean(fn, fut, type, 1, 1, { 1 })
         clean(fn, nil)
       end
     end
