@@ -339,9 +339,9 @@ static int future_result(lua_State *L) {
 ** The iterator of ex:map, in C: a generic for calls it once per result,
 ** so its cost is the caller's cost per call.  Upvalues: 1 the module
 ** record, 2 the futures (made by _map_call for chunksize 1, else one per
-** chunk by _map_chunk), 3 a mapiter,
-** 4 the current chunk's result list {extras, r1, ...} (see run_chunk in
-** pool.c), 5 its extras (nil when every call gave one result).
+** chunk by _map_chunk), 3 a mapiter, 4 the current chunk's result list
+** {extras, r1, ...} (see run_chunk in pool.c), 5 its extras (nil when
+** every call gave one result).
 */
 typedef struct mapiter {
   lua_Integer i, n, chunksize;   /* calls yielded, calls in all, per task */

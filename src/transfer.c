@@ -494,10 +494,10 @@ int loom_arrays_inplace(int on) {
 #endif
 }
 
-/* The array part of the table at idx, and its length in *n (all of it
-** is allocated; the table's length may be less); NULL if not usable. */
 static void e_num(encoder *e, int isint, lua_Integer i, lua_Number d);
 
+/* The array part of the table at idx, and its length in *n (all of it
+** is allocated; the table's length may be less); NULL if not usable. */
 static rawtvalue *rawarray(lua_State *L, int idx, unsigned int *n) {
 #if LUA_VERSION_NUM == 504
   rawtable *t;
@@ -667,14 +667,13 @@ static void e_function(encoder *e) {
   if (nups > 255) e_error(e, "function has too many upvalues");
   p = e_proto(e, nups);
   if (p->simple && e->refs_ok) {  /* sent by reference, loaded once */
-    if (s == lua_touserdata(L, e->base + S_SCRATCH)) {   /* remember it */
-      atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
-      if (s->lastp) loom_proto_decref(s->lastp);
-      s->lastp = p;
-      s->lastfn = id;
-      lua_pushvalue(L, -1);
-      lua_setiuservalue(L, e->base + S_SCRATCH, 1);
-    }
+    /* remember it; e->s is the scratch at slot S_SCRATCH */
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+    if (s->lastp) loom_proto_decref(s->lastp);
+    s->lastp = p;
+    s->lastfn = id;
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, e->base + S_SCRATCH, 1);
   byref:
     index = e_addref(e, LOOM_REF_PROTO, p);
     e_byte(e, T_PROTO);
@@ -968,9 +967,10 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
   e_bytes(&e, "\0\0\0\0", 4);      /* nobjs, patched below */
   if (list) {   /* one value: an array table that was never built */
     e_varint(&e, 1);
+    unsigned char sizes[8] = { 0 };   /* narr = n, nhash = 0 */
+    put_u32(sizes, (uint32_t)n);
     e_byte(&e, T_TABLE);
-    e_bytes(&e, "\0\0\0\0\0\0\0\0", 8);
-    put_u32(s->m->data + s->m->len - 8, (uint32_t)n);
+    e_bytes(&e, sizes, 8);
     e.nobjs = 1;   /* it is object 0, as the decoder numbers it */
   }
   else e_varint(&e, (uint64_t)n);
@@ -1081,6 +1081,33 @@ static uint64_t d_u64(decoder *d) {
   v = get_u64(d->p);
   d->p += 8;
   return v;
+}
+
+/* If the next item is a number with all its bytes there, read it and
+** return 1 (an integer in *i when *isint, else a float in *x); else 0,
+** reading nothing. */
+static inline int d_num(decoder *d, int *isint, lua_Integer *i,
+                        lua_Number *x) {
+  ptrdiff_t left = d->end - d->p;
+  if (left < 2) return 0;
+  switch (*d->p) {
+    case T_INT8:
+      *isint = 1;
+      *i = (signed char)d->p[1];
+      d->p += 2;
+      return 1;
+    case T_INT: case T_FLT: {
+      uint64_t u;
+      if (left < 9) return 0;
+      u = get_u64(d->p + 1);
+      if ((*isint = *d->p == T_INT)) *i = (lua_Integer)u;
+      else memcpy(x, &u, sizeof *x);
+      d->p += 9;
+      return 1;
+    }
+    default:
+      return 0;
+  }
 }
 
 static uint32_t d_u32(decoder *d) {
@@ -1425,48 +1452,19 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
         ** place when the table's array can be reached */
         unsigned int asize = 0;
         rawtvalue *arr = rawarray(L, f->obj, &asize);
+        int isint;
+        lua_Integer iv;
+        lua_Number xv;
         if (arr != NULL && asize >= f->narr) {
-          while (f->i < f->narr && d.p < d.end) {
-            rawtvalue *slot = &arr[f->i];
-            int tag = *d.p;
-            if (tag == T_FLT && d.end - d.p >= 9) {
-              uint64_t u = get_u64(d.p + 1);
-              memcpy(&slot->v.n, &u, sizeof slot->v.n);
-              slot->tt = RAW_VNUMFLT;
-              d.p += 9;
-            }
-            else if (tag == T_INT8 && d.end - d.p >= 2) {
-              slot->v.i = (signed char)d.p[1];
-              slot->tt = RAW_VNUMINT;
-              d.p += 2;
-            }
-            else if (tag == T_INT && d.end - d.p >= 9) {
-              slot->v.i = (lua_Integer)get_u64(d.p + 1);
-              slot->tt = RAW_VNUMINT;
-              d.p += 9;
-            }
-            else break;
-            f->i++;
+          while (f->i < f->narr && d_num(&d, &isint, &iv, &xv)) {
+            rawtvalue *slot = &arr[f->i++];
+            if (isint) { slot->v.i = iv; slot->tt = RAW_VNUMINT; }
+            else { slot->v.n = xv; slot->tt = RAW_VNUMFLT; }
           }
         }
-        while (f->i < f->narr && d.p < d.end) {
-          int tag = *d.p;
-          if (tag == T_FLT && d.end - d.p >= 9) {
-            uint64_t u = get_u64(d.p + 1);
-            lua_Number x;
-            memcpy(&x, &u, sizeof x);
-            lua_pushnumber(L, x);
-            d.p += 9;
-          }
-          else if (tag == T_INT8 && d.end - d.p >= 2) {
-            lua_pushinteger(L, (signed char)d.p[1]);
-            d.p += 2;
-          }
-          else if (tag == T_INT && d.end - d.p >= 9) {
-            lua_pushinteger(L, (lua_Integer)get_u64(d.p + 1));
-            d.p += 9;
-          }
-          else break;
+        while (f->i < f->narr && d_num(&d, &isint, &iv, &xv)) {
+          if (isint) lua_pushinteger(L, iv);
+          else lua_pushnumber(L, xv);
           lua_rawseti(L, f->obj, (lua_Integer)++f->i);
         }
         if (f->i == f->narr) {
