@@ -520,3 +520,25 @@ describe("values crossing between states through submit", function()
     assert.are.equal(0, count)
   end)
 end)
+
+describe("worker thread names", function()
+  it("keep as much of the prefix as fits beside the worker number", function()
+    local stat = io.open("/proc/self/stat")
+    if not stat then
+      pending("needs Linux /proc to read thread names")
+      return
+    end
+    local pid = stat:read("l"):match("^(%d+)")
+    stat:close()
+    local s = helpers.scope(finally)
+    local ex = s:executor { workers = 1, name = "SpecialPool" }
+    s:block(ex)
+    local ex2 = s:executor { workers = 1, name = "AVeryLongPoolNameIndeed" }
+    s:block(ex2)
+    local p = assert(io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null"))
+    local names = p:read("a")
+    p:close()
+    helpers.assert_contains(names, "SpecialPool-1\n")
+    helpers.assert_contains(names, "AVeryLongPool-1\n")
+  end)
+end)

@@ -349,3 +349,27 @@ describe("program end", function()
     assert_lines(expected, r.stdout)
   end)
 end)
+
+describe("program end, finalizers", function()
+  it("treats an executor whose finalizer already ran as shut down", function()
+    -- An object whose __gc shuts its executor down, made before the
+    -- executor: at lua_close the executor is finalized first.
+    local r = run([[
+      local loom = require "loom"
+      local owner = setmetatable({}, { __gc = function(self)
+        self.ex:shutdown()
+        self.ex:close()
+        local ok, err = pcall(self.ex.submit, self.ex, print)
+        print("submit after finalization: " .. tostring(ok) .. " " .. tostring(err.kind))
+        ok, err = pcall(function() for _ in self.ex:map(print, { 1 }) do end end)
+        print("map after finalization: " .. tostring(ok) .. " " .. tostring(err.kind))
+      end })
+      owner.ex = loom.executor(1)
+      owner.ex:submit(function() return 1 end):result()
+      print("main done")
+    ]])
+    assert_clean_exit(r)
+    assert_lines({ "main done", "submit after finalization: false shutdown",
+                   "map after finalization: false shutdown" }, r.stdout)
+  end)
+end)

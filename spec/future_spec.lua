@@ -395,3 +395,60 @@ describe("f:add_done_callback", function()
     helpers.string_error(f.add_done_callback, f, 42)
   end)
 end)
+
+describe("error values whose __tostring fails", function()
+  local function bad_tostring_error(how)
+    local mt = {}
+    if how == "nil" then
+      mt.__tostring = function(e) return e.msg end          -- returns nil
+    else
+      mt.__tostring = function() error("tostring failed") end
+    end
+    error(setmetatable({ code = 7 }, mt))
+  end
+
+  for _, how in ipairs { "nil", "raises" } do
+    it("come back as a copy of the value (__tostring " .. how .. ")", function()
+      local s = helpers.scope(finally)
+      local ex = s:executor(1)
+      local f = ex:submit(bad_tostring_error, how)
+      local err = helpers.error_of(f.result, f)
+      assert.is_table(err)
+      assert.are.equal(7, err.code)
+      local value, tb = f:exception()
+      assert.are.equal(7, value.code)
+      helpers.assert_contains(tb, "(error object is a table value)")
+    end)
+  end
+end)
+
+describe("done callbacks whose error has a failing __tostring", function()
+  local function bad_error()
+    error(setmetatable({}, { __tostring = function() error("tostring failed") end }))
+  end
+
+  it("do not escape add_done_callback on a done future", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(1)
+    local f = ex:submit(function() return 1 end)
+    f:result()
+    local ran = false
+    f:add_done_callback(bad_error)
+    f:add_done_callback(function() ran = true end)
+    assert.is_true(ran)
+  end)
+
+  it("do not stop the later callbacks of a pending future", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(1)
+    local _, gate = s:block(ex)
+    local f = ex:submit(function() return 1 end)
+    local ran = {}
+    f:add_done_callback(function() ran[#ran + 1] = 1 end)
+    f:add_done_callback(bad_error)
+    f:add_done_callback(function() ran[#ran + 1] = 3 end)
+    gate:push(true)
+    assert.are.equal(1, f:result())
+    assert.are.same({ 1, 3 }, ran)
+  end)
+end)

@@ -319,3 +319,179 @@ describe("ex:map with named options", function()
     assert.are.equal(0, #ran)
   end)
 end)
+
+-- What the loop yields, as rows {i, values...} and the error it raised
+-- (nil when it ended normally), for ex:map{fn, seqs..., chunksize = k}.
+local function outcome(ex, fn, seqs, chunksize)
+  local opts = { fn, chunksize = chunksize }
+  for s = 1, #seqs do opts[s + 1] = seqs[s] end
+  local rows = {}
+  local ok, err = pcall(function()
+    for i, a, b in ex:map(opts) do rows[#rows + 1] = { i, a, b } end
+  end)
+  return rows, (not ok) and err or nil
+end
+
+describe("ex:map limits", function()
+  it("takes any number of sequences (300 here)", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local seqs = {}
+    for k = 1, 300 do seqs[k] = { k, 2 * k } end
+    local function sum(...)
+      local t = 0
+      for k = 1, select("#", ...) do t = t + select(k, ...) end
+      return t
+    end
+    for _, chunksize in ipairs { 1, 2 } do
+      local opts = { sum, chunksize = chunksize, table.unpack(seqs) }
+      local got = {}
+      for i, v in ex:map(opts) do got[i] = v end
+      assert.are.same({ 300 * 301 / 2, 300 * 301 }, got)
+    end
+  end)
+
+  it("takes any chunksize: 120,000 calls in one chunk", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local seq = {}
+    for k = 1, 150000 do seq[k] = k end
+    local n = 0
+    for i, v in ex:map { function(x) return x + 1 end, seq, chunksize = 120000 } do
+      assert.are.equal(i + 1, v)
+      n = n + 1
+    end
+    assert.are.equal(150000, n)
+  end)
+
+  it("takes a chunk whose calls pass over a million values", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local seqs, opts = {}, { function(...) return select("#", ...) end, chunksize = 60000 }
+    for k = 1, 20 do
+      local seq = {}
+      for i = 1, 60000 do seq[i] = i end
+      seqs[k] = seq
+      opts[k + 1] = seq
+    end
+    local n = 0
+    for i, v in ex:map(opts) do
+      assert.are.equal(20, v, "call " .. i)
+      n = n + 1
+    end
+    assert.are.equal(60000, n)
+  end)
+
+end)
+
+describe("ex:map yields what chunksize = 1 yields, for every chunksize", function()
+  local CHUNKSIZES = { 1, 2, 3, 4, 10 }
+
+  it("when a call's result cannot be copied: the earlier results, then its error", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function f(x)
+      if x == 3 then return io.stdout end
+      return x * 10
+    end
+    local seq = { 1, 2, 3, 4, 5 }
+    local rows1, err1 = outcome(ex, f, { seq }, 1)
+    assert.are.same({ { 1, 10 }, { 2, 20 } }, rows1)
+    assert.are.equal("transfer", err1.kind)
+    helpers.assert_contains(err1.message, "result #1")
+    for _, k in ipairs(CHUNKSIZES) do
+      local rows, err = outcome(ex, f, { seq }, k)
+      assert.are.same(rows1, rows, "chunksize " .. k)
+      assert.are.same({ kind = err1.kind, message = err1.message },
+                      { kind = err.kind, message = err.message }, "chunksize " .. k)
+      assert.are.equal(getmetatable(err1), getmetatable(err), "chunksize " .. k)
+    end
+  end)
+
+  it("when a later value of a call with several results cannot be copied", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function f(x)
+      if x == 2 then return 1, io.stdout end
+      return x, -x
+    end
+    local rows1, err1 = outcome(ex, f, { { 1, 2, 3 } }, 1)
+    for _, k in ipairs(CHUNKSIZES) do
+      local rows, err = outcome(ex, f, { { 1, 2, 3 } }, k)
+      assert.are.same(rows1, rows, "chunksize " .. k)
+      assert.are.equal(err1.message, err.message, "chunksize " .. k)
+      helpers.assert_contains(err.message, "result #2")
+    end
+  end)
+
+  it("when a call raises a function: the same function value crosses", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function f(x)
+      if x == 2 then error(function() return "from the error function" end) end
+      return x
+    end
+    for _, k in ipairs(CHUNKSIZES) do
+      local rows, err = outcome(ex, f, { { 1, 2, 3 } }, k)
+      assert.are.same({ { 1, 1 } }, rows, "chunksize " .. k)
+      assert.is_function(err, "chunksize " .. k)
+      assert.are.equal("from the error function", err())
+    end
+  end)
+
+  it("when a call raises a value that cannot be copied: its text", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function f(x)
+      if x == 2 then error(coroutine.create(print)) end
+      return x
+    end
+    local _, err1 = outcome(ex, f, { { 1, 2 } }, 1)
+    assert.is_string(err1)
+    helpers.assert_contains(err1, "thread")
+    for _, k in ipairs(CHUNKSIZES) do
+      local _, err = outcome(ex, f, { { 1, 2 } }, k)
+      assert.is_string(err, "chunksize " .. k)
+      helpers.assert_contains(err, "thread")
+    end
+  end)
+
+  it("when a call raises a table whose __tostring fails: a copy of the table", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local function f(x)
+      if x == 2 then
+        error(setmetatable({ code = 7 }, { __tostring = function(e) return e.msg end }))
+      end
+      return x
+    end
+    for _, k in ipairs(CHUNKSIZES) do
+      local rows, err = outcome(ex, f, { { 1, 2, 3 } }, k)
+      assert.are.same({ { 1, 1 } }, rows, "chunksize " .. k)
+      assert.is_table(err, "chunksize " .. k)
+      assert.are.equal(7, err.code)
+    end
+  end)
+end)
+
+describe("ex:map memory", function()
+  it("does not keep the futures whose results the loop has taken", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    for _, chunksize in ipairs { 1, 3 } do
+      local seen = setmetatable({}, { __mode = "k" })
+      local count = 0
+      local step, state, control, closer = ex:map { function(x) return x end, { 1, 2, 3, 4, 5, 6 },
+                                                    chunksize = chunksize }
+      -- the futures the iterator holds: its second upvalue
+      local _, futures = debug.getupvalue(step, 2)
+      for _, f in pairs(futures) do seen[f] = true; count = count + 1 end
+      assert.is_true(count > 0)
+      for _ in step, state, control, closer do end
+      futures = nil   -- luacheck: ignore 311
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(seen), "chunksize " .. chunksize .. ": a yielded future was kept")
+    end
+  end)
+end)

@@ -255,3 +255,37 @@ describe("loom.as_completed", function()
     assert.are.equal(0, count)
   end)
 end)
+
+describe("as_completed memory", function()
+  -- CPython issue 14406 (test_free_reference_yielded_future)
+  it("lets a future the loop body dropped be collected once yielded", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local seen = setmetatable({}, { __mode = "k" })
+    local futs = {}
+    for i = 1, 6 do
+      futs[i] = ex:submit(function(x) return string.rep("x", 1000) .. x end, i)
+      seen[futs[i]] = true
+    end
+    local input = futs
+    futs = nil   -- luacheck: ignore 311
+    local n = 0
+    for f in loom.as_completed(input) do
+      input = nil   -- only the iterator and this loop variable still hold them
+      assert.are.equal(1001, #f:result())
+      n = n + 1
+      f = nil   -- luacheck: ignore 311
+      collectgarbage()
+      collectgarbage()
+      local left = 0
+      for _ in pairs(seen) do left = left + 1 end
+      -- the generic for itself holds the one just yielded (its control
+      -- variable) until the next step; every earlier one must be gone
+      assert.are.equal(6 - n + 1, left, "futures already yielded are still kept")
+    end
+    assert.are.equal(6, n)
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(seen))
+  end)
+end)

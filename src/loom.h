@@ -151,6 +151,11 @@ LOOM_API int loom_raise(lua_State *L, const char *kind, const char *fmt, ...);
 /* Push (without raising) a loom error table. */
 LOOM_API void loom_pusherror(lua_State *L, const char *kind,
                              const char *fmt, ...);
+/* Push a text for the value at idx and return it: the value itself if a
+** string or number, else its tostring run protected; when __tostring
+** raises or gives no string, "(error object is a T value)", as lua.c
+** says.  Raises only on a memory error.  Needs 3 free stack slots. */
+LOOM_API const char *loom_pushtext(lua_State *L, int idx);
 /* Build the C function name map of a state (idempotent). */
 LOOM_API void loom_cfuncs_init(lua_State *L);
 

@@ -13,6 +13,7 @@
 */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sched.h>
 #include <stdio.h>
@@ -143,8 +144,11 @@ static double opttimeout(lua_State *L, int idx) {
   return t < 0 ? 0 : t;
 }
 
+/* Report the error value at the top through warn.  Its text is made
+** protected: a callback's error, whatever its __tostring does, never
+** escapes and never stops the next callback. */
 static void warn_error(lua_State *L, const char *what) {
-  const char *msg = luaL_tolstring(L, -1, NULL);
+  const char *msg = loom_pushtext(L, -1);
   lua_warning(L, what, 1);
   lua_warning(L, msg, 0);
   lua_pop(L, 1);
@@ -338,8 +342,8 @@ static int future_result(lua_State *L) {
 /*
 ** The iterator of ex:map, in C: a generic for calls it once per result,
 ** so its cost is the caller's cost per call.  Upvalues: 1 the module
-** record, 2 the futures (made by _map_call for chunksize 1, else one per
-** chunk by _map_chunk), 3 a mapiter, 4 the current chunk's result list
+** record, 2 the futures (one per call for chunksize 1, else one per
+** chunk; each is dropped once its results are taken), 3 a mapiter, 4 the current chunk's result list
 ** {extras, r1, ...} (see run_chunk in pool.c), 5 its extras (nil when
 ** every call gave one result).
 */
@@ -368,6 +372,13 @@ static int map_results(lua_State *L, mapiter *it, lua_Integer k) {
   return results(L, checkfuture(L, 1));
 }
 
+/* The results of future k are in hand: drop it, so that a long map does
+** not keep every future (and its results) until the loop ends. */
+static void forget(lua_State *L, lua_Integer k) {
+  lua_pushnil(L);
+  lua_rawseti(L, lua_upvalueindex(2), k);
+}
+
 static int map_step(lua_State *L) {
   mapiter *it = (mapiter *)lua_touserdata(L, lua_upvalueindex(3));
   lua_Integer k, j;
@@ -377,6 +388,7 @@ static int map_step(lua_State *L) {
     int n = map_results(L, it, it->i);
     lua_pushinteger(L, it->i);
     lua_replace(L, 1);
+    forget(L, it->i);
     return n + 1;
   }
   k = (it->i - 1) / it->chunksize + 1;
@@ -387,6 +399,7 @@ static int map_step(lua_State *L) {
     lua_replace(L, lua_upvalueindex(5));
     lua_replace(L, lua_upvalueindex(4));
     it->chunk = k;
+    forget(L, k);
   }
   lua_pushinteger(L, it->i);
   if (lua_type(L, lua_upvalueindex(5)) == LUA_TNIL) {   /* the fast way */
@@ -415,7 +428,7 @@ static int map_step(lua_State *L) {
 }
 
 /* core._map_iter(futures, n, chunksize, deadline-or-nil): ex:map's step
-** function, over the futures made by _map_call or _map_chunk. */
+** function, over the futures made by _map_task. */
 static int l_map_iter(lua_State *L) {
   mapiter *it;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -495,14 +508,19 @@ static int future_tostring(lua_State *L) {
 
 /* ------------------------------------------------------------ executor */
 
+/* pool is NULL before it is made and after the finalizer let it go; a
+** finalized executor is shut down (shut), so that a finalizer running
+** later (an object whose __gc shuts its executor down) finds it so. */
 typedef struct xhandle {
   loom_pool *pool;
   int shut;
+  int nworkers;
 } xhandle;
 
 static xhandle *checkexecutor(lua_State *L, int idx) {
   xhandle *x = (xhandle *)checkud(L, idx, UV_EXECUTOR, LOOM_EXECUTOR);
-  if (x->pool == NULL) luaL_argerror(L, idx, "executor is not initialised");
+  if (x->pool == NULL && !x->shut)
+    luaL_argerror(L, idx, "executor is not initialised");
   return x;
 }
 
@@ -524,6 +542,7 @@ static int executor_new(lua_State *L) {
   x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
   x->pool = NULL;
   x->shut = 0;
+  x->nworkers = cfg.workers;
   luaL_setmetatable(L, LOOM_EXECUTOR);
   lua_getglobal(L, "package");
   if (lua_istable(L, -1)) {
@@ -611,42 +630,52 @@ static int executor_submit(lua_State *L) {
                  0, 0);
 }
 
-/* Queue one task for the calls fn(seq1[i], ..., seqN[i]), i = i0..i1,
-** with fn at slot 2 and the sequences from slot sq on.  As a chunk, its
-** results come back as one list (run_chunk in pool.c); as a plain task
-** (one call: map with chunksize 1), as a submit's do. */
-static int map_task(lua_State *L, lua_Integer i0, lua_Integer i1, int sq,
-                    int chunk) {
+/* A misuse of map found here: named as map's, the caller's function. */
+static int map_error(lua_State *L, const char *msg) {
+  return luaL_error(L, "bad argument to 'map' (%s)", msg);
+}
+
+/*
+** ex:_map_task(fn, i0, i1, seqs, nseq, chunk): queue the calls
+** fn(seqs[1][i], ..., seqs[nseq][i]), i = i0..i1, as one task.  As a
+** chunk its results come back as one list (run_chunk in pool.c); as a
+** plain task (one call: map with chunksize 1), as a submit's do.  map
+** (init.lua) keeps (i1 - i0 + 1) * nseq within what a Lua stack holds.
+*/
+static int executor_map_task(lua_State *L) {
   xhandle *x = checkexecutor(L, 1);
-  int nseq = lua_gettop(L) - sq + 1, a, base;
-  lua_Integer i;
+  lua_Integer i0 = luaL_checkinteger(L, 3), i1 = luaL_checkinteger(L, 4), i;
+  lua_Integer nseq = luaL_checkinteger(L, 6);
+  int chunk = lua_toboolean(L, 7), onstack, a, base;
   fhandle *h;
   loom_msg *m;
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_argcheck(L, i0 >= 1 && i1 >= i0 && i1 - i0 < 100000, 3,
-                "bad chunk range");
-  luaL_argcheck(L, nseq >= 1 && nseq <= 250, sq, "bad number of sequences");
-  h = newfuture(L, x);
+  luaL_checktype(L, 5, LUA_TTABLE);
+  if (i0 < 1 || i1 < i0 || nseq < 1 || (i1 - i0 + 1) > INT_MAX / nseq
+      || (!chunk && i1 != i0))
+    return map_error(L, "bad chunk");
+  lua_settop(L, 5);
+  h = newfuture(L, x);                 /* 6 */
+  /* few sequences sit on the stack; many are fetched for each value */
+  onstack = nseq <= 64;
+  if (!lua_checkstack(L, (int)((i1 - i0 + 1) * nseq) + (int)nseq + 8))
+    return map_error(L, "too many values for one call");
+  if (onstack)
+    for (a = 1; a <= nseq; a++) lua_rawgeti(L, 5, a);
   base = lua_gettop(L);
-  luaL_checkstack(L, (int)(i1 - i0 + 1) * nseq + 2, "chunk too large");
   lua_pushvalue(L, 2);
   for (i = i0; i <= i1; i++)
-    for (a = 0; a < nseq; a++) lua_geti(L, sq + a, i);
-  m = loom_encode_map(L, base + 1, lua_gettop(L) - base, i0, nseq);
-  lua_settop(L, base);
-  return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, nseq);
-}
-
-/* ex:_map_chunk(fn, i0, i1, seq1, ..., seqN): the calls i0..i1, as one
-** task whose results are one list. */
-static int executor_map_chunk(lua_State *L) {
-  return map_task(L, luaL_checkinteger(L, 3), luaL_checkinteger(L, 4), 5, 1);
-}
-
-/* ex:_map_call(fn, i, seq1, ..., seqN): call i alone, as a plain task. */
-static int executor_map_call(lua_State *L) {
-  lua_Integer i = luaL_checkinteger(L, 3);
-  return map_task(L, i, i, 4, 0);
+    for (a = 0; a < nseq; a++) {
+      if (onstack) lua_geti(L, 7 + a, i);
+      else {
+        lua_rawgeti(L, 5, a + 1);
+        lua_geti(L, -1, i);
+        lua_remove(L, -2);
+      }
+    }
+  m = loom_encode_map(L, base + 1, lua_gettop(L) - base, i0, (int)nseq);
+  lua_settop(L, 6);
+  return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, (int)nseq);
 }
 
 static int optfield(lua_State *L, int idx, const char *k, int def) {
@@ -663,8 +692,10 @@ static int optfield(lua_State *L, int idx, const char *k, int def) {
 
 static void do_shutdown(lua_State *L, xhandle *x, int wait, int cancel) {
   x->shut = 1;
-  loom_pool_shutdown(x->pool, cancel);
-  if (wait) loom_pool_join(x->pool);
+  if (x->pool != NULL) {   /* else finalized: shut down and joined */
+    loom_pool_shutdown(x->pool, cancel);
+    if (wait) loom_pool_join(x->pool);
+  }
   run_callbacks(L);
 }
 
@@ -695,6 +726,7 @@ static int executor_gc(lua_State *L) {
     loom_pool_join(x->pool);
     loom_pool_decref(x->pool);
     x->pool = NULL;
+    x->shut = 1;
   }
   return 0;
 }
@@ -730,7 +762,7 @@ static void renew_sentinel(lua_State *L) {
 
 static int executor_workers(lua_State *L) {
   xhandle *x = checkexecutor(L, 1);
-  lua_pushinteger(L, loom_pool_nworkers(x->pool));
+  lua_pushinteger(L, x->nworkers);
   return 1;
 }
 
@@ -845,6 +877,12 @@ static int watch_next(lua_State *L) {
       break;
   }
   pthread_mutex_unlock(&wt->w.mu);
+  if (idx >= 0 && wt->fs[idx] != NULL) {
+    /* handed out: the watcher no longer keeps it (nor its results) */
+    loom_future_unwatch(wt->fs[idx], &wt->links[idx]);
+    loom_future_decref(wt->fs[idx]);
+    wt->fs[idx] = NULL;
+  }
   run_callbacks(L);
   if (idx < 0) return 0;
   lua_pushinteger(L, idx + 1);
@@ -1106,8 +1144,9 @@ static int l_is_future(lua_State *L) {
 static int l_is_executor(lua_State *L) {
   xhandle *x = (xhandle *)fastudata(L, 1, UV_EXECUTOR);
   lua_pushboolean(L, x != NULL);
-  lua_pushboolean(L, x != NULL && x->pool != NULL);
-  return 2;
+  lua_pushboolean(L, x != NULL && (x->pool != NULL || x->shut));
+  lua_pushboolean(L, x != NULL && x->shut);
+  return 3;
 }
 
 static int l_run_callbacks(lua_State *L) {
@@ -1201,8 +1240,7 @@ static const luaL_Reg executor_methods[] = {
   {"shutdown", executor_shutdown},
   {"close", executor_close},
   {"workers", executor_workers},
-  {"_map_chunk", executor_map_chunk},
-  {"_map_call", executor_map_call},
+  {"_map_task", executor_map_task},
   {NULL, NULL}
 };
 

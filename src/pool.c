@@ -68,19 +68,12 @@ static void fail_locked(loom_future *f, const char *kind, const char *msg) {
 #define TRACEBACK_KEY "loom.traceback"
 
 static int msghandler(lua_State *L) {
-  const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1)
-                                                   : luaL_tolstring(L, 1, NULL);
-  luaL_traceback(L, L, msg, 1);
+  /* only the traceback's text is derived; the error value stays as it is,
+  ** whatever its __tostring does */
+  luaL_traceback(L, L, loom_pushtext(L, 1), 1);
   lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
   lua_settop(L, 1);
   return 1;
-}
-
-/* Protected: [1] = future, [2] = error value, [3] = traceback. */
-static int send_error(lua_State *L) {
-  loom_future *f = (loom_future *)lua_touserdata(L, 1);
-  f->result = loom_encode(L, 2, 2, LOOM_AT_VALUE, 0, 1);
-  return 0;
 }
 
 /* Push the traceback the message handler kept, and forget it. */
@@ -92,6 +85,44 @@ static void push_traceback(lua_State *L) {
   }
   lua_pushnil(L);
   lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+}
+
+/* Protected: [1] = loom_msg **out or NULL (only check), then the values
+** to encode as results. */
+static int encode_k(lua_State *L) {
+  loom_msg **out = (loom_msg **)lua_touserdata(L, 1);
+  loom_msg *m = loom_encode(L, 2, lua_gettop(L) - 1, LOOM_AT_RESULT, 0, 1);
+  if (out) *out = m;
+  else loom_msg_free(m);
+  return 0;
+}
+
+/* Protected: [1] = loom_msg **out, then the values of a chunk's list. */
+static int encode_list_k(lua_State *L) {
+  *(loom_msg **)lua_touserdata(L, 1) = loom_encode_list(L, 2,
+                                                         lua_gettop(L) - 1);
+  return 0;
+}
+
+/* Try to encode the n values at the top (popping them); 1 on success,
+** with the message in *out if out is not NULL; else 0 and the error at
+** the top. */
+static int try_encode(lua_State *L, int n, loom_msg **out) {
+  lua_pushcfunction(L, encode_k);
+  lua_pushlightuserdata(L, out);
+  lua_rotate(L, -n - 2, 2);
+  return lua_pcall(L, n + 1, 0, 0) == LUA_OK;
+}
+
+/* Make the error value at idx one that can cross: itself when it can be
+** copied, else its text (what chunksize = 1 and a plain task both send). */
+static void crossable_error(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushvalue(L, idx);
+  if (try_encode(L, 1, NULL)) return;
+  lua_pop(L, 1);
+  loom_pushtext(L, idx);
+  lua_replace(L, idx);
 }
 
 /*
@@ -111,6 +142,66 @@ static void chunk_extras(lua_State *L, int out) {
   }
 }
 
+/* Mark call j of the chunk as failed with the error at the top (popped)
+** and drop what the calls after it left. */
+static void chunk_fail(lua_State *L, int out, int j, int k) {
+  int a;
+  chunk_extras(L, out);
+  lua_setfield(L, out + 1, "err");
+  lua_pushinteger(L, j);
+  lua_setfield(L, out + 1, "fail");
+  for (a = j; a <= k; a++) {
+    lua_pushnil(L);
+    lua_rawseti(L, out + 1, a);
+  }
+  if (lua_gettop(L) > out + j) lua_settop(L, out + j);
+}
+
+/*
+** The chunk's results could not all be copied: end the chunk where
+** chunksize = 1 would have seen the first failure, in call order.  A call
+** whose results cannot cross fails with the transfer error that a plain
+** task gets ("result #k: ..."); an error value that cannot cross goes as
+** its text.  The calls before it keep their results.
+*/
+static void chunk_fixup(lua_State *L, int out, int k) {
+  int j, failj = 0, ran = lua_gettop(L) - out - 1;
+  if (lua_type(L, out + 1) == LUA_TTABLE) {
+    lua_getfield(L, out + 1, "fail");
+    failj = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  for (j = 1; j <= ran; j++) {   /* the calls before a failing one */
+    int n = 1;
+    if (lua_type(L, out + 1) == LUA_TTABLE
+        && lua_rawgeti(L, out + 1, j) == LUA_TTABLE) {
+      int t = lua_gettop(L), a;
+      lua_getfield(L, t, "n");
+      n = (int)lua_tointeger(L, -1);
+      lua_pop(L, 1);
+      luaL_checkstack(L, n, "too many results");
+      for (a = 1; a <= n; a++) lua_rawgeti(L, t, a);
+      lua_remove(L, t);
+    }
+    else {
+      if (lua_type(L, out + 1) == LUA_TTABLE) lua_pop(L, 1);
+      lua_pushvalue(L, out + 1 + j);
+    }
+    if (!try_encode(L, n, NULL)) {   /* as a plain task's: no traceback */
+      chunk_extras(L, out);
+      lua_pushnil(L);
+      lua_setfield(L, out + 1, "tb");
+      chunk_fail(L, out, j, k);
+      return;
+    }
+  }
+  if (failj) {   /* every earlier call is fine: the error value itself */
+    lua_getfield(L, out + 1, "err");
+    crossable_error(L, -1);
+    lua_setfield(L, out + 1, "err");
+  }
+}
+
 static int run_chunk(lua_State *L, loom_future *f, int base, int n) {
   int k = f->nchunk, q = f->nseq, out = lua_gettop(L), j, a;
   if (n != 1 + k * q) return luaL_error(L, "malformed task");
@@ -122,18 +213,9 @@ static int run_chunk(lua_State *L, loom_future *f, int base, int n) {
     for (a = 0; a < q; a++) lua_pushvalue(L, base + 2 + j * q + a);
     if (lua_pcall(L, q, LUA_MULTRET, 2) != LUA_OK) {
       push_traceback(L);                    /* top+1 error, top+2 tb */
-      /* an error value that cannot be copied goes as its string form */
-      if (lua_type(L, top + 1) == LUA_TUSERDATA
-          || lua_type(L, top + 1) == LUA_TTHREAD
-          || lua_type(L, top + 1) == LUA_TFUNCTION) {
-        luaL_tolstring(L, top + 1, NULL);
-        lua_replace(L, top + 1);
-      }
       chunk_extras(L, out);
       lua_setfield(L, out + 1, "tb");
-      lua_setfield(L, out + 1, "err");
-      lua_pushinteger(L, j + 1);
-      lua_setfield(L, out + 1, "fail");
+      chunk_fail(L, out, j + 1, k);
       break;
     }
     nr = lua_gettop(L) - top;
@@ -149,10 +231,21 @@ static int run_chunk(lua_State *L, loom_future *f, int base, int n) {
     lua_rawseti(L, out + 1, j + 1);
     lua_pushnil(L);
   }
+  /* The common case encodes once, from copies of the values; only when
+  ** that fails are the calls looked at one by one. */
+  {
+    int nv = lua_gettop(L) - out, i;
+    luaL_checkstack(L, nv + 4, "too many results");
+    lua_pushcfunction(L, encode_list_k);
+    lua_pushlightuserdata(L, &f->result);
+    for (i = 1; i <= nv; i++) lua_pushvalue(L, out + i);
+    if (lua_pcall(L, nv + 1, 0, 0) == LUA_OK) return 0;
+    lua_pop(L, 1);
+  }
+  chunk_fixup(L, out, k);
   f->result = loom_encode_list(L, out + 1, lua_gettop(L) - out);
   return 0;
 }
-
 /*
 ** Run one task.  Protected: stack [1] = lightuserdata future.
 ** Leaves f->result/f->failed set, or raises (the caller turns that into
@@ -176,20 +269,11 @@ static int run_task(lua_State *L) {
     return 0;
   }
   /* the error value is at the top: send it and the traceback */
+  st = lua_gettop(L);
+  crossable_error(L, st);
   push_traceback(L);
   f->failed = 1;
-  st = lua_gettop(L);
-  lua_pushcfunction(L, send_error);
-  lua_pushlightuserdata(L, f);
-  lua_pushvalue(L, st - 1);
-  lua_pushvalue(L, st);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-    /* the error value cannot be copied: send its string form */
-    lua_pop(L, 1);
-    luaL_tolstring(L, st - 1, NULL);
-    lua_pushvalue(L, st);
-    f->result = loom_encode(L, -2, 2, LOOM_AT_VALUE, 0, 1);
-  }
+  f->result = loom_encode(L, st, 2, LOOM_AT_VALUE, 0, 1);
   return 0;
 }
 
@@ -200,7 +284,7 @@ static int error_text(lua_State *L) {
   if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "message")
                                       == LUA_TSTRING)
     msg = lua_tostring(L, -1);
-  if (msg == NULL) msg = luaL_tolstring(L, 2, NULL);
+  if (msg == NULL) msg = loom_pushtext(L, 2);
   *out = loom_strdup(msg);
   return 0;
 }
@@ -277,10 +361,12 @@ static void *worker_main(void *arg) {
   char *broken = NULL;
   loom_free(arg);
   {
-    char name[32];
-    snprintf(name, sizeof name, "%.10s-%d", p->name ? p->name : "loom",
-             wa.index + 1);
-    name[15] = 0;   /* the kernel keeps 15 characters */
+    /* the kernel keeps 15 characters: as much of the prefix as fits
+    ** beside the worker number */
+    char name[32], num[12];
+    int nl = snprintf(num, sizeof num, "-%d", wa.index + 1);
+    snprintf(name, sizeof name, "%.*s%s", 15 - nl,
+             p->name ? p->name : "loom", num);
     pthread_setname_np(pthread_self(), name);
   }
   L = lua_newstate(loom_lua_alloc, NULL);

@@ -72,6 +72,28 @@ void loom_pusherror(lua_State *L, const char *kind, const char *fmt, ...) {
   va_end(ap);
 }
 
+/* Protected: [1] a value; its tostring (may run __tostring, may raise). */
+static int tostring_k(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+const char *loom_pushtext(lua_State *L, int idx) {
+  int t = lua_type(L, idx);
+  idx = lua_absindex(L, idx);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    lua_pushvalue(L, idx);
+    return lua_tostring(L, -1);   /* converts the copy, not the original */
+  }
+  lua_pushcfunction(L, tostring_k);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return lua_pushfstring(L, "(error object is a %s value)",
+                         lua_typename(L, t));
+}
+
 int loom_raise(lua_State *L, const char *kind, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

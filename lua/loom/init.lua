@@ -105,9 +105,9 @@ function loom.as_completed(futures, timeout)
   timeout = check_timeout(timeout, 2, "as_completed")
   local deadline = timeout and clock() + timeout
   local watch = core.watch(list)
-  local yielded = 0
+  local n, yielded = #list, 0
   return function()
-    if yielded == #list then
+    if yielded == n then
       watch:close()
       return nil
     end
@@ -117,10 +117,13 @@ function loom.as_completed(futures, timeout)
     if not i then
       watch:close()
       raise("timeout", ("%d (of %d) futures unfinished")
-            :format(#list - yielded, #list))
+            :format(n - yielded, n))
     end
     yielded = yielded + 1
-    return list[i]
+    -- a yielded future is the loop body's to keep or drop
+    local f = list[i]
+    list[i] = nil
+    return f
   end
 end
 
@@ -170,10 +173,15 @@ end
 
 local Executor = core.Executor
 
+-- The most values (calls times sequences) that one map task carries: the
+-- caller and the worker hold them on a Lua stack. A larger chunksize is
+-- split into tasks of this size; what the loop yields is the same.
+local MAP_VALUES = 100000
+
 --- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =}
 -- Submits every call at once; iterates i, results... in input order.
 function Executor:map(fn, ...)
-  local is, alive = core.is_executor(self)
+  local is, alive, shut = core.is_executor(self)
   if not is then
     local mt = getmetatable(self)
     local name = type(mt) == "table" and type(mt.__name) == "string"
@@ -186,7 +194,8 @@ function Executor:map(fn, ...)
   if type(fn) == "table" and getmetatable(fn) == nil then
     local o = fn
     fn = o[1]
-    seqs = table_pack(table_unpack(o, 2, #o))
+    seqs = { n = #o - 1 }
+    for s = 2, #o do seqs[s - 1] = o[s] end
     timeout = check_timeout(o.timeout, 1, "map")
     chunksize = o.chunksize
     if chunksize ~= nil then
@@ -203,9 +212,11 @@ function Executor:map(fn, ...)
   if type(fn) ~= "function" then
     argerror(1, "map", "function expected, got " .. type(fn))
   end
-  if seqs.n == 0 then argerror(2, "map", "table expected, got no value") end
+  if shut then raise("shutdown", "cannot schedule new futures after shutdown") end
+  local nseq = seqs.n
+  if nseq == 0 then argerror(2, "map", "table expected, got no value") end
   local n = huge
-  for s = 1, seqs.n do
+  for s = 1, nseq do
     if type(seqs[s]) ~= "table" then
       argerror(s + 1, "map", "table expected, got " .. type(seqs[s]))
     end
@@ -213,23 +224,32 @@ function Executor:map(fn, ...)
     if len < n then n = len end
   end
   local deadline = timeout and clock() + timeout
-  local nseq = seqs.n
-  local futures = {}
-  if chunksize == 1 then   -- a plain task per call
-    for i = 1, n do futures[i] = self:_map_call(fn, i, table_unpack(seqs, 1, nseq)) end
+  -- calls per task: the chunksize, within MAP_VALUES values
+  local per = chunksize
+  if per > 1 and per * nseq > MAP_VALUES then
+    per = math.max(1, MAP_VALUES // nseq)
+  end
+  local futures, nfut = {}, 0
+  if per == 1 then   -- a plain task per call
+    for i = 1, n do futures[i] = self:_map_task(fn, i, i, seqs, nseq, false) end
+    nfut = n
   else
     -- one task per chunk of calls; its results come back as one list
     -- (see run_chunk in src/pool.c)
-    for c = 1, math.ceil(n / chunksize) do
-      futures[c] = self:_map_chunk(fn, (c - 1) * chunksize + 1,
-                                   math.min(c * chunksize, n),
-                                   table_unpack(seqs, 1, nseq))
+    nfut = (n + per - 1) // per
+    for c = 1, nfut do
+      futures[c] = self:_map_task(fn, (c - 1) * per + 1, math.min(c * per, n),
+                                  seqs, nseq, true)
     end
   end
+  -- the iterator drops each future once its results are taken
   local closer = setmetatable({}, { __close = function()
-    for _, f in ipairs(futures) do f:cancel() end
+    for c = 1, nfut do
+      local f = futures[c]
+      if f then f:cancel() end
+    end
   end })
-  return core._map_iter(futures, n, chunksize, deadline), nil, nil, closer
+  return core._map_iter(futures, n, per, deadline), nil, nil, closer
 end
 
 return loom
