@@ -15,8 +15,9 @@ INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
 INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 BUSTED     ?= busted
 
-SRC  = src/alloc.c src/transfer.c src/channel.c src/future.c src/pool.c \
-       src/lua_loom.c
+SRC  = src/alloc.c src/transfer.c src/channel.c src/future.c src/task.c \
+       src/pool.c src/lua_module.c src/lua_future.c src/lua_executor.c \
+       src/lua_channel.c
 HDR  = src/loom.h
 SO   = loom/core.so
 

@@ -2,23 +2,27 @@
 ** future.c -- futures and the waiters that block on them.
 **
 ** A future is shared by the caller's userdata and, while queued or
-** running, by the pool: both hold a reference.  Its state moves
-** PENDING -> RUNNING -> FINISHED, or PENDING -> CANCELLED, always under
-** pool->mu, and is also readable without the lock (an atomic), which
-** lets result() skip all locking once the future is done.
+** running, by its pool: both hold a reference.  Its state moves
+** PENDING -> RUNNING -> FINISHED, or to CANCELLED from PENDING or
+** RUNNING, always under its sched's mutex, and is also readable without
+** the lock (an atomic), which lets result() skip all locking once the
+** future is done.  The outcome is written once, under that mutex, before
+** the state says done, and never changes after.
 **
-** Waiting: a thread that waits on one future or many builds a waiter on
-** its C stack and links it into each future's waiter list (under that
-** future's pool->mu).  Completion fires every linked waiter, so a result
-** is never lost between the check and the sleep: the check and the
-** linking happen under the same pool lock as the completion.
-** Lock order: pool->mu, then waiter->mu.
+** Futures know their pool only as a loom_sched: its mutex and its ops.
+** Whichever kind of pool runs a future, it completes it here.
+**
+** Waiting: a thread that waits on one future or many builds a waiter and
+** links it into each future's waiter list (under that future's sched
+** mutex).  Completion fires every linked waiter, so a result is never lost
+** between the check and the sleep: the check and the linking happen under
+** the same lock as the completion.  Lock order: sched->mu, then w->mu.
 */
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include "loom.h"
-#include <string.h>
 
 void loom_deadline(struct timespec *ts, double secs) {
   clock_gettime(CLOCK_MONOTONIC, ts);
@@ -29,6 +33,46 @@ void loom_deadline(struct timespec *ts, double secs) {
     ts->tv_sec++;
     ts->tv_nsec -= 1000000000L;
   }
+}
+
+double loom_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+char *loom_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = (char *)loom_malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+/* ---------------------------------------------------------------- scheds */
+
+void loom_sched_init(loom_sched *s, const loom_sched_ops *ops) {
+  s->ops = ops;
+  atomic_init(&s->refs, 1);
+  pthread_mutex_init(&s->mu, NULL);
+}
+
+void loom_sched_incref(loom_sched *s) {
+  atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+void loom_sched_decref(loom_sched *s) {
+  if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  pthread_mutex_destroy(&s->mu);
+  s->ops->free(s);
+}
+
+/* --------------------------------------------------------------- futures */
+
+void loom_outcome_free(loom_outcome *o) {
+  loom_msg_free(o->result);
+  loom_free(o->errmsg);
+  memset(o, 0, sizeof *o);
 }
 
 loom_future *loom_future_new(loom_msg *task) {
@@ -49,9 +93,8 @@ void loom_future_decref(loom_future *f) {
   if (atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1)
     return;
   loom_msg_free(f->task);
-  loom_msg_free(f->result);
-  loom_free(f->errmsg);
-  if (f->pool) loom_pool_decref(f->pool);
+  loom_outcome_free(&f->out);
+  if (f->sched) loom_sched_decref(f->sched);
   loom_free(f);
 }
 
@@ -60,7 +103,46 @@ int loom_future_isdone(loom_future *f) {
   return s == LOOM_FINISHED || s == LOOM_CANCELLED;
 }
 
-void loom_waiter_init(loom_waiter *w) {
+void loom_future_complete_locked(loom_future *f, int state) {
+  loom_wlink *l;
+  atomic_store_explicit(&f->state, state, memory_order_release);
+  for (l = f->waiters; l != NULL; l = l->next) {
+    loom_waiter *w = l->w;
+    pthread_mutex_lock(&w->mu);
+    w->fired++;
+    if (w->queue) {
+      l->dnext = NULL;
+      if (w->dtail) w->dtail->dnext = l; else w->dhead = l;
+      w->dtail = l;
+    }
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+  }
+}
+
+int loom_future_finish_locked(loom_future *f, loom_outcome *o) {
+  if (loom_future_isdone(f)) {   /* cancelled, or timed out, as it ran */
+    loom_outcome_free(o);
+    return 0;
+  }
+  f->out = *o;
+  memset(o, 0, sizeof *o);
+  loom_future_complete_locked(f, LOOM_FINISHED);
+  return 1;
+}
+
+void loom_future_fail_locked(loom_future *f, const char *kind,
+                             const char *msg) {
+  loom_outcome o;
+  memset(&o, 0, sizeof o);
+  o.errkind = kind;
+  o.errmsg = loom_strdup(msg);   /* NULL (out of memory) is reported */
+  loom_future_finish_locked(f, &o);
+}
+
+/* --------------------------------------------------------------- waiters */
+
+void loom_waiter_init(loom_waiter *w, int queue) {
   pthread_condattr_t ca;
   pthread_mutex_init(&w->mu, NULL);
   pthread_condattr_init(&ca);
@@ -68,8 +150,8 @@ void loom_waiter_init(loom_waiter *w) {
   pthread_cond_init(&w->cv, &ca);
   pthread_condattr_destroy(&ca);
   w->fired = 0;
-  w->q = NULL;
-  w->qn = w->qcap = 0;
+  w->queue = queue;
+  w->dhead = w->dtail = NULL;
 }
 
 void loom_waiter_destroy(loom_waiter *w) {
@@ -78,7 +160,8 @@ void loom_waiter_destroy(loom_waiter *w) {
 }
 
 int loom_future_watch(loom_future *f, loom_wlink *l, loom_waiter *w) {
-  pthread_mutex_t *mu = &f->pool->mu;
+  pthread_mutex_t *mu = &f->sched->mu;
+  l->f = f;
   pthread_mutex_lock(mu);
   if (loom_future_isdone(f)) {
     pthread_mutex_unlock(mu);
@@ -95,7 +178,7 @@ int loom_future_watch(loom_future *f, loom_wlink *l, loom_waiter *w) {
 }
 
 void loom_future_unwatch(loom_future *f, loom_wlink *l) {
-  pthread_mutex_t *mu = &f->pool->mu;
+  pthread_mutex_t *mu = &f->sched->mu;
   if (l->w == NULL) return;
   pthread_mutex_lock(mu);
   if (l->prev) l->prev->next = l->next;
@@ -118,15 +201,11 @@ int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline) {
   return fired;
 }
 
-void loom_future_complete_locked(loom_future *f, int state) {
-  loom_wlink *l;
-  atomic_store_explicit(&f->state, state, memory_order_release);
-  for (l = f->waiters; l != NULL; l = l->next) {
-    loom_waiter *w = l->w;
-    pthread_mutex_lock(&w->mu);
-    w->fired++;
-    if (w->q != NULL && w->qn < w->qcap) w->q[w->qn++] = l->idx;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+loom_wlink *loom_waiter_pop_locked(loom_waiter *w) {
+  loom_wlink *l = w->dhead;
+  if (l != NULL) {
+    w->dhead = l->dnext;
+    if (w->dhead == NULL) w->dtail = NULL;
   }
+  return l;
 }

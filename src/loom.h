@@ -1,14 +1,20 @@
 /*
 ** loom.h -- the one internal header of loom's C core.
 **
-** Parts:
-**   transfer.c  the value copier: a Lua value -> a self-contained message
-**               (loom_msg) -> a Lua value in another lua_State
-**   channel.c   reference-counted thread-safe FIFO queues
-**   future.c    futures, and waiters that block on one or many of them
-**   pool.c      the task queue and the worker threads, each with a state
-**   lua_loom.c  the Lua binding (luaopen_loom_core) and the per-state
-**               module record
+** Parts, from the bottom up:
+**   alloc.c        the allocator of the core and of worker states
+**   transfer.c     the value copier: a Lua value -> a self-contained
+**                  message (loom_msg) -> a Lua value in another lua_State
+**   channel.c      reference-counted thread-safe FIFO queues
+**   future.c       futures, and waiters that block on one or many; they
+**                  know a pool only as a loom_sched (its lock and ops)
+**   task.c         running a task inside a state, for every kind of pool
+**   pool.c         the thread pool: a task queue and worker threads
+**   lua_module.c   the Lua binding: luaopen_loom_core, the per-state
+**                  module record, module functions
+**   lua_future.c   the binding of futures, waiting, as_completed, map
+**   lua_executor.c the binding of executors
+**   lua_channel.c  the binding of channels
 **
 ** Only luaopen_loom_core is exported; everything else is hidden.
 */
@@ -187,78 +193,121 @@ LOOM_API void loom_pushchannel(lua_State *L, loom_chan *c);
 /* The channel of the handle at idx, or NULL. */
 LOOM_API loom_chan *loom_tochannel(lua_State *L, int idx);
 
-/* --------------------------------------------------------------- future */
+/* ---------------------------------------------------- scheds, futures */
 
-typedef struct loom_pool loom_pool;
+typedef struct loom_sched loom_sched;
+typedef struct loom_future loom_future;
 typedef struct loom_waiter loom_waiter;
 
+/*
+** A scheduler: a kind of pool (threads; later processes) as the futures
+** and the binding see it.  Each kind embeds a loom_sched as the first
+** member of its own struct and implements the ops; nothing above this
+** line knows threads from processes.
+*/
+typedef struct loom_sched_ops {
+  /* Queue f (one reference is taken): 0 queued (or failed at once when
+  ** the pool is broken), 1 refused: the pool is shut down. */
+  int (*submit)(loom_sched *s, loom_future *f);
+  /* Cancel f: a pending one always; a running one only when 'running'
+  ** (it is stopped).  1 if f is now cancelled, 0 if not. */
+  int (*cancel)(loom_sched *s, loom_future *f, int running);
+  /* Accept no more tasks; cancel the queued ones, and stop the running
+  ** ones, if asked.  Idempotent. */
+  void (*shutdown)(loom_sched *s, int cancel_futures, int cancel_running);
+  /* Wait until every worker has ended (after shutdown) and reap them:
+  ** 1 done, 0 when the deadline (NULL: none) passed first.  Idempotent. */
+  int (*join)(loom_sched *s, const struct timespec *deadline);
+  int (*nworkers)(loom_sched *s);
+  void (*free)(loom_sched *s);   /* the last reference went */
+} loom_sched_ops;
+
+struct loom_sched {
+  const loom_sched_ops *ops;
+  atomic_int refs;
+  pthread_mutex_t mu;      /* guards the state and waiter list of every
+                              future of this sched, and whatever the kind
+                              keeps under it (its queue) */
+};
+
+LOOM_API void loom_sched_init(loom_sched *s, const loom_sched_ops *ops);
+LOOM_API void loom_sched_incref(loom_sched *s);
+LOOM_API void loom_sched_decref(loom_sched *s);
+
 enum { LOOM_PENDING, LOOM_RUNNING, LOOM_FINISHED, LOOM_CANCELLED };
+
+/* How a task ended, as its future keeps it. */
+typedef struct loom_outcome {
+  loom_msg *result;        /* the results, or {error value, traceback} */
+  int failed;              /* result holds {error value, traceback} */
+  const char *errkind;     /* or a loom condition: kind (static) ...    */
+  char *errmsg;            /* ... and message (owned; NULL: no memory)  */
+} loom_outcome;
+
+LOOM_API void loom_outcome_free(loom_outcome *o);
 
 /* One registration of a waiter on one future. */
 typedef struct loom_wlink {
   loom_waiter *w;
-  struct loom_wlink *next, *prev;
-  int idx;                 /* position in the waiter's watch list */
+  struct loom_wlink *next, *prev;  /* the future's waiters (sched->mu) */
+  struct loom_wlink *dnext;        /* the waiter's done list (w->mu) */
+  loom_future *f;
+  int idx;                 /* its place in the watcher's list */
 } loom_wlink;
 
 /*
-** A waiter: a thread blocked until one of the futures it registered on
-** completes.  Lock order: pool->mu before w->mu.
+** A waiter: a thread blocked until futures it registered on complete.
+** A queueing waiter also collects the links of completed futures, in
+** the order they completed.  Lock order: sched->mu before w->mu.
 */
 struct loom_waiter {
-  pthread_mutex_t mu;      /* guards fired, q and qn */
+  pthread_mutex_t mu;      /* guards fired and the done list */
   pthread_cond_t cv;
   int fired;               /* completions seen */
-  int *q, qn, qcap;        /* if q: the idx of each completion, in order */
+  int queue;               /* keep the done list */
+  loom_wlink *dhead, *dtail;
 };
 
-typedef struct loom_future {
+struct loom_future {
   atomic_int refs;
-  atomic_int state;        /* LOOM_*; written under pool->mu */
-  loom_pool *pool;         /* one reference held */
-  /* Under pool->mu: */
-  struct loom_future *next, *prev;  /* pool queue links while pending */
+  atomic_int state;        /* LOOM_*; written under sched->mu */
+  loom_sched *sched;       /* one reference; NULL until submitted */
+  /* Under sched->mu: */
+  struct loom_future *next, *prev;  /* the pool's queue links */
   loom_wlink *waiters;
-  /* Owned by the worker while running; read-only once done. */
+  void *runner;            /* the pool's: what runs it, while running */
+  /* The task: set before submit; the worker takes it. */
   loom_msg *task;          /* function and arguments */
-  loom_msg *result;        /* results, or {error value, traceback} */
-  int failed;              /* result holds {error value, traceback} */
   int nchunk, nseq;        /* a map chunk: nchunk calls of nseq args */
-  const char *errkind;     /* or a loom condition: kind (static) ... */
-  char *errmsg;            /* ... and message (owned) */
-} loom_future;
-
-/* Under mu: the pool.  Workers, futures and the executor share it. */
-struct loom_pool {
-  atomic_int refs;
-  pthread_mutex_t mu;      /* guards every field below and the queue */
-  pthread_cond_t work;     /* workers sleep here while the queue is empty */
-  loom_future *head, *tail;   /* FIFO of pending futures, one ref each */
-  int nworkers, nidle, nstarted, nexited;
-  int nspinning;           /* a worker is spinning for work (at most one) */
-  int spin_paid;           /* the last spin found a task */
-  atomic_int nqueued;      /* tasks in the queue, readable without mu */
-  int stopping;            /* shutdown: accept no more tasks */
-  int joined;
-  char *broken;            /* init failed: its message */
-  pthread_t *threads;
-  char *name, *path, *cpath;
-  loom_msg *init;          /* function and init_args, or NULL */
+  /* Set once, under sched->mu, when it finishes; read-only after. */
+  loom_outcome out;
 };
 
+/* A new pending future holding task (taken), or NULL: out of memory. */
+LOOM_API loom_future *loom_future_new(loom_msg *task);
 LOOM_API void loom_future_incref(loom_future *f);
 LOOM_API void loom_future_decref(loom_future *f);
+LOOM_API int loom_future_isdone(loom_future *f);
+/* With sched->mu held: mark f done (FINISHED or CANCELLED), wake its
+** waiters. */
+LOOM_API void loom_future_complete_locked(loom_future *f, int state);
+/* With sched->mu held: finish a running f with outcome o (taken; freed
+** instead when f is done already, cancelled while it ran); 1 if it did. */
+LOOM_API int loom_future_finish_locked(loom_future *f, loom_outcome *o);
+/* With sched->mu held: fail f with a loom condition. */
+LOOM_API void loom_future_fail_locked(loom_future *f, const char *kind,
+                                      const char *msg);
 
-LOOM_API void loom_waiter_init(loom_waiter *w);
+LOOM_API void loom_waiter_init(loom_waiter *w, int queue);
 LOOM_API void loom_waiter_destroy(loom_waiter *w);
-/* Register; returns 1 (and does not link) if f is already done. */
+/* Register l (of waiter w) on f; returns 1 (and does not link) if f is
+** done already. */
 LOOM_API int loom_future_watch(loom_future *f, loom_wlink *l, loom_waiter *w);
 LOOM_API void loom_future_unwatch(loom_future *f, loom_wlink *l);
-/* Wait until fired or the deadline (<0: forever). 1 fired, 0 timeout. */
+/* Wait until fired or the deadline (NULL: none): 1 fired, 0 timeout. */
 LOOM_API int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline);
-/* Called with pool->mu held: mark done and wake its waiters. */
-LOOM_API void loom_future_complete_locked(loom_future *f, int state);
-LOOM_API int loom_future_isdone(loom_future *f);
+/* The next link of the done list (with w->mu held), or NULL. */
+LOOM_API loom_wlink *loom_waiter_pop_locked(loom_waiter *w);
 
 /* A pause inside a spin loop. */
 #if defined(__x86_64__) || defined(__i386__)
@@ -271,8 +320,35 @@ LOOM_API int loom_future_isdone(loom_future *f);
 
 /* Monotonic deadline 'secs' from now into *ts. */
 LOOM_API void loom_deadline(struct timespec *ts, double secs);
+LOOM_API double loom_now(void);   /* monotonic seconds */
+LOOM_API char *loom_strdup(const char *s);
+
+/* ----------------------------------------------------------------- task */
+
+/*
+** Running a task inside a lua_State: decode the function and arguments,
+** call under a message handler that keeps the traceback, encode the
+** results (or the error value and traceback), and the same for a map
+** chunk.  Every kind of worker runs its tasks here.
+*/
+
+/* Set up a fresh worker state: libraries, loom, os.exit, print. */
+LOOM_API int loom_open_worker_state(lua_State *L);
+
+/* Set up worker state L: libraries, package.path/cpath (may be NULL) and
+** init (function and init_args, may be NULL).  Protected inside: returns
+** NULL, or the error text (owned) when something failed. */
+LOOM_API char *loom_task_setup(lua_State *L, const char *path,
+                               const char *cpath, const loom_msg *init);
+
+/* Run the task of f (taken from f->task) in L, filling *o.  Never raises;
+** the stack is empty again on return.  Returns the status of the run
+** (LUA_ERRMEM when the state ran out of memory outside the task's code). */
+LOOM_API int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o);
 
 /* ----------------------------------------------------------------- pool */
+
+typedef struct loom_pool loom_pool;
 
 typedef struct loom_pool_config {
   int workers;
@@ -281,23 +357,73 @@ typedef struct loom_pool_config {
   loom_msg *init;          /* function + init_args, or NULL (taken) */
 } loom_pool_config;
 
-/* Creates the pool and starts its workers; NULL with *err set on error. */
-LOOM_API loom_pool *loom_pool_new(loom_pool_config *cfg, const char **err);
-/* A new future (one reference), or NULL when out of memory. */
-LOOM_API loom_future *loom_future_new(loom_msg *task);
-LOOM_API void loom_pool_incref(loom_pool *p);
-LOOM_API void loom_pool_decref(loom_pool *p);
-/* 0 queued; 1 shut down. A broken pool fails the future at once. */
-LOOM_API int loom_pool_submit(loom_pool *p, loom_future *f);
-/* Set up a fresh worker-like state: libraries, loom, os.exit, print. */
-LOOM_API int loom_open_worker_state(lua_State *L);
-LOOM_API char *loom_strdup(const char *s);
-/* Cancel a pending future: 1 cancelled (now or before), 0 not. */
-LOOM_API int loom_pool_cancel(loom_future *f);
-/* Stop accepting tasks; optionally cancel queued ones. */
-LOOM_API void loom_pool_shutdown(loom_pool *p, int cancel_futures);
-/* Wait for all workers to exit and join them (idempotent). */
-LOOM_API void loom_pool_join(loom_pool *p);
-LOOM_API int loom_pool_nworkers(loom_pool *p);
+/* A thread pool with its workers started; NULL with *err set on error. */
+LOOM_API loom_sched *loom_pool_new(loom_pool_config *cfg, const char **err);
+
+/* -------------------------------------------------------------- binding */
+
+/*
+** What the binding files share.  Per state that loads the module there is
+** one module record (a userdata, upvalue 1 of every binding function).
+*/
+#define LOOM_MODULE "loom.Module"
+
+typedef struct loom_mstate {
+  loom_sched **scheds;     /* made here and not yet joined; one ref each */
+  int nscheds, capscheds;
+  loom_chan **chans;       /* made here; one ref each (pruned) */
+  int nchans, capchans, prunechans;
+  int ncallbacks;          /* futures with callbacks still to run */
+  int closed;
+} loom_mstate;
+
+#define loom_getmstate(L) \
+  ((loom_mstate *)lua_touserdata(L, lua_upvalueindex(1)))
+
+/* The module record's user values: pending callbacks, then metatables
+** (kept there so that hot paths check types without a registry lookup). */
+enum { LOOM_UV_CALLBACKS = 1, LOOM_UV_FUTURE, LOOM_UV_EXECUTOR,
+       LOOM_UV_CHANNEL, LOOM_UV_N = LOOM_UV_CHANNEL };
+
+typedef struct loom_fhandle { loom_future *f; } loom_fhandle;
+
+/* The userdata at idx if its metatable is user value uv, else NULL. */
+LOOM_API void *loom_fastudata(lua_State *L, int idx, int uv);
+/* As loom_fastudata, or raise the usual "tname expected" error. */
+LOOM_API void *loom_checkud(lua_State *L, int idx, int uv, const char *tname);
+/* Set the metatable of the value at the top to user value uv. */
+LOOM_API void loom_setmeta(lua_State *L, int uv);
+LOOM_API int loom_grow(void **arr, int *cap, size_t elem);
+/* Optional timeout at idx: < 0 forever (absent/nil), else seconds. */
+LOOM_API double loom_opttimeout(lua_State *L, int idx);
+/* Push a box that owns a message while Lua code could raise (set *box;
+** the box frees it when collected unless it is set back to NULL). */
+LOOM_API loom_msg **loom_msgbox(lua_State *L);
+/* Report the error value at the top through warn, then pop it. */
+LOOM_API void loom_warn_error(lua_State *L, const char *what);
+/* Make room to remember one more sched (raises when out of memory), then
+** remember s (taking a reference), so that lua_close joins it. */
+LOOM_API void loom_sched_reserve(lua_State *L);
+LOOM_API void loom_sched_keep(lua_State *L, loom_sched *s);
+
+/* lua_future.c */
+LOOM_API loom_future *loom_checkfuture(lua_State *L, int idx);
+/* Run the done callbacks of the futures of this state that are done. */
+LOOM_API void loom_run_callbacks(lua_State *L);
+LOOM_API void loom_open_future(lua_State *L, int ms, int lib);
+
+/* lua_executor.c */
+LOOM_API void loom_open_executor(lua_State *L, int ms, int lib);
+
+/* lua_channel.c */
+LOOM_API void loom_open_channel(lua_State *L, int ms, int lib);
+/* Close the channels this state made (at its end). */
+LOOM_API void loom_close_channels(loom_mstate *ms);
+
+/* Make metatable 'name' with methods, __gc and __tostring, each function
+** with the module record (at stack index ms) as upvalue 1. */
+LOOM_API void loom_newclass(lua_State *L, const char *name,
+                            const luaL_Reg *methods, lua_CFunction gc,
+                            lua_CFunction tostr, int ms);
 
 #endif

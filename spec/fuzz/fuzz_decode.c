@@ -55,7 +55,7 @@
 #include "lualib.h"
 #include "loom.h"
 
-/* Defined in src/lua_loom.c with default visibility. */
+/* Defined in src/lua_module.c with default visibility. */
 int luaopen_loom_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -194,7 +194,7 @@ typedef struct job {
   loom_msg *out;   /* p_encode's result */
 } job;
 
-/* [1] = job: decode as loom.decode does (l_decode in src/lua_loom.c). */
+/* [1] = job: decode as loom.decode does (l_decode in src/lua_module.c). */
 static int p_decode(lua_State *L) {
   job *j = (job *)lua_touserdata(L, 1);
   int n;

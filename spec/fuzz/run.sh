@@ -37,7 +37,7 @@ fi
 
 out=build/fuzz
 bin=$out/fuzz_decode
-src="src/alloc.c src/transfer.c src/channel.c src/future.c src/pool.c src/lua_loom.c"
+src=$(ls src/*.c)
 mkdir -p "$out/corpus" "$out/artifacts"
 
 # --- the harness (rebuilt when a source is newer) ------------------------

@@ -1,0 +1,323 @@
+/*
+** lua_executor.c -- the binding of executors: submit, map's tasks,
+** shutdown, close, collection.
+**
+** An executor handle holds one reference to a loom_sched, whatever kind
+** of pool it is; everything here goes through the sched's ops.  The
+** handle is made empty (NULL) and filled in after the last call that
+** could raise, so a Lua error never leaks a pool.
+*/
+#include <limits.h>
+#include <string.h>
+
+#include "loom.h"
+
+/* sched is NULL before it is made and after the finalizer let it go; a
+** finalized executor is shut down (shut), so that a finalizer running
+** later (an object whose __gc shuts its executor down) finds it so. */
+typedef struct xhandle {
+  loom_sched *sched;
+  int shut;
+  int nworkers;
+} xhandle;
+
+static xhandle *checkexecutor(lua_State *L, int idx) {
+  xhandle *x = (xhandle *)loom_checkud(L, idx, LOOM_UV_EXECUTOR,
+                                       LOOM_EXECUTOR);
+  if (x->sched == NULL && !x->shut)
+    luaL_argerror(L, idx, "executor is not initialised");
+  return x;
+}
+
+/*
+** The closing sentinel.  lua_close runs finalizers newest first, and
+** executor_gc waits for the executor's tasks; a task blocked on a
+** channel of this state would then hang the program's end.  So every
+** new executor also makes a new sentinel (retiring the previous one):
+** being newer than every executor, it is finalized first at lua_close,
+** and closes this state's channels, waking such tasks with "closed".
+** A retired sentinel, collected normally, does nothing.
+*/
+static int sentinel_gc(lua_State *L) {
+  int *retired = (int *)lua_touserdata(L, 1);
+  if (!*retired) loom_close_channels(loom_getmstate(L));
+  return 0;
+}
+
+static void renew_sentinel(lua_State *L) {
+  int *s;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "loom.sentinel") == LUA_TUSERDATA)
+    *(int *)lua_touserdata(L, -1) = 1;
+  lua_pop(L, 1);
+  s = (int *)lua_newuserdatauv(L, sizeof *s, 0);
+  *s = 0;
+  luaL_setmetatable(L, "loom.Sentinel");
+  lua_setfield(L, LUA_REGISTRYINDEX, "loom.sentinel");
+}
+
+/* core.executor(workers, name, init, init_args) */
+static int executor_new(lua_State *L) {
+  loom_pool_config cfg;
+  xhandle *x;
+  const char *err;
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "workers must be in 1..4096");
+  cfg.workers = (int)n;
+  cfg.name = luaL_optstring(L, 2, NULL);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 4);
+  x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
+  x->sched = NULL;
+  x->shut = 0;
+  x->nworkers = cfg.workers;
+  luaL_setmetatable(L, LOOM_EXECUTOR);
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "path");
+    lua_getfield(L, -2, "cpath");
+  }
+  else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  cfg.path = lua_tostring(L, -2);
+  cfg.cpath = lua_tostring(L, -1);
+  loom_sched_reserve(L);
+  cfg.init = NULL;
+  if (!lua_isnil(L, 3)) {
+    int k, na = 0, base = lua_gettop(L);
+    lua_pushvalue(L, 3);
+    if (!lua_isnil(L, 4)) {
+      lua_Integer len = luaL_len(L, 4);
+      luaL_argcheck(L, len >= 0 && len <= 100000, 4,
+                    "init_args has an unreasonable length");
+      na = (int)len;
+      luaL_checkstack(L, na, "too many init_args");
+      for (k = 1; k <= na; k++) lua_geti(L, 4, k);
+    }
+    cfg.init = loom_encode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0, 1);
+    lua_settop(L, base);
+  }
+  x->sched = loom_pool_new(&cfg, &err);   /* takes cfg.init */
+  if (x->sched == NULL) {
+    loom_msg_free(cfg.init);
+    return luaL_error(L, "cannot create the executor: %s", err);
+  }
+  loom_sched_keep(L, x->sched);
+  lua_settop(L, 5);
+  renew_sentinel(L);
+  return 1;
+}
+
+/* Push a new, empty future handle of executor x (at stack slot 1), or
+** raise 'shutdown'.  The handle exists before anything is allocated for
+** it, so a Lua error from here on leaks nothing. */
+static loom_fhandle *newfuture(lua_State *L, xhandle *x) {
+  loom_fhandle *h;
+  if (x->shut)
+    loom_raise(L, "shutdown", "cannot schedule new futures after shutdown");
+  h = (loom_fhandle *)lua_newuserdatauv(L, sizeof *h, 1);
+  h->f = NULL;
+  loom_setmeta(L, LOOM_UV_FUTURE);
+  lua_pushvalue(L, 1);                 /* a future keeps its executor */
+  lua_setiuservalue(L, -2, 1);
+  return h;
+}
+
+/* Give the task message m to handle h and queue it (a map chunk when
+** nchunk > 0).  Returns 1: the handle, at the top. */
+static int enqueue(lua_State *L, xhandle *x, loom_fhandle *h, loom_msg *m,
+                   int nchunk, int nseq) {
+  h->f = loom_future_new(m);
+  if (h->f == NULL) {
+    loom_msg_free(m);
+    return luaL_error(L, "not enough memory");
+  }
+  h->f->nchunk = nchunk;
+  h->f->nseq = nseq;
+  if (x->sched->ops->submit(x->sched, h->f) != 0)
+    return loom_raise(L, "shutdown",
+                      "cannot schedule new futures after shutdown");
+  return 1;
+}
+
+static int executor_submit(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  int n = lua_gettop(L);
+  loom_fhandle *h;
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L, "bad argument #1 to 'submit' (function expected, "
+                      "got %s)", lua_isnone(L, 2) ? "nil"
+                                                 : luaL_typename(L, 2));
+  h = newfuture(L, x);
+  return enqueue(L, x, h, loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1, 1),
+                 0, 0);
+}
+
+/* A misuse of map found here: named as map's, the caller's function. */
+static int map_error(lua_State *L, const char *msg) {
+  return luaL_error(L, "bad argument to 'map' (%s)", msg);
+}
+
+/*
+** ex:_map_task(fn, i0, i1, seqs, nseq, chunk): queue the calls
+** fn(seqs[1][i], ..., seqs[nseq][i]), i = i0..i1, as one task.  As a
+** chunk its results come back as one list (run_chunk in task.c); as a
+** plain task (one call: map with chunksize 1), as a submit's do.  map
+** (init.lua) keeps (i1 - i0 + 1) * nseq within what a Lua stack holds.
+*/
+static int executor_map_task(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  lua_Integer i0 = luaL_checkinteger(L, 3), i1 = luaL_checkinteger(L, 4), i;
+  lua_Integer nseq = luaL_checkinteger(L, 6);
+  int chunk = lua_toboolean(L, 7), onstack, a, base;
+  loom_fhandle *h;
+  loom_msg *m;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 5, LUA_TTABLE);
+  if (i0 < 1 || i1 < i0 || nseq < 1 || (i1 - i0 + 1) > INT_MAX / nseq
+      || (!chunk && i1 != i0))
+    return map_error(L, "bad chunk");
+  lua_settop(L, 5);
+  h = newfuture(L, x);                 /* 6 */
+  /* few sequences sit on the stack; many are fetched for each value */
+  onstack = nseq <= 64;
+  if (!lua_checkstack(L, (int)((i1 - i0 + 1) * nseq) + (int)nseq + 8))
+    return map_error(L, "too many values for one call");
+  if (onstack)
+    for (a = 1; a <= nseq; a++) lua_rawgeti(L, 5, a);
+  base = lua_gettop(L);
+  lua_pushvalue(L, 2);
+  for (i = i0; i <= i1; i++)
+    for (a = 0; a < nseq; a++) {
+      if (onstack) lua_geti(L, 7 + a, i);
+      else {
+        lua_rawgeti(L, 5, a + 1);
+        lua_geti(L, -1, i);
+        lua_remove(L, -2);
+      }
+    }
+  m = loom_encode_map(L, base + 1, lua_gettop(L) - base, i0, (int)nseq);
+  lua_settop(L, 6);
+  return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, (int)nseq);
+}
+
+static int optfield(lua_State *L, int idx, const char *k, int def) {
+  int r = def;
+  if (lua_getfield(L, idx, k) != LUA_TNIL) {
+    if (!lua_isboolean(L, -1))
+      return luaL_error(L, "bad option '%s' to 'shutdown' (boolean "
+                        "expected, got %s)", k, luaL_typename(L, -1));
+    r = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  return r;
+}
+
+static void do_shutdown(lua_State *L, xhandle *x, int wait, int cancel,
+                        int cancel_running) {
+  x->shut = 1;
+  if (x->sched != NULL) {   /* else finalized: shut down and joined */
+    x->sched->ops->shutdown(x->sched, cancel, cancel_running);
+    if (wait) x->sched->ops->join(x->sched, NULL);
+  }
+  loom_run_callbacks(L);
+}
+
+static int executor_shutdown(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  int wait = 1, cancel = 0, running = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    wait = optfield(L, 2, "wait", 1);
+    cancel = optfield(L, 2, "cancel_futures", 0);
+    running = optfield(L, 2, "cancel_running", 0);
+  }
+  do_shutdown(L, x, wait, cancel, running);
+  return 0;
+}
+
+static int executor_close(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  do_shutdown(L, x, 1, 0, 0);
+  return 0;
+}
+
+/* Collected (or the state closes): shutdown{wait = true}.  No Lua is
+** run here: the callbacks of its futures run at the next waiting call. */
+static int executor_gc(lua_State *L) {
+  xhandle *x = (xhandle *)luaL_checkudata(L, 1, LOOM_EXECUTOR);
+  if (x->sched) {
+    x->sched->ops->shutdown(x->sched, 0, 0);
+    x->sched->ops->join(x->sched, NULL);
+    loom_sched_decref(x->sched);
+    x->sched = NULL;
+    x->shut = 1;
+  }
+  return 0;
+}
+
+static int executor_workers(lua_State *L) {
+  xhandle *x = checkexecutor(L, 1);
+  lua_pushinteger(L, x->nworkers);
+  return 1;
+}
+
+static int executor_tostring(lua_State *L) {
+  xhandle *x = (xhandle *)luaL_checkudata(L, 1, LOOM_EXECUTOR);
+  if (x->sched == NULL) {
+    lua_pushliteral(L, "loom.Executor (closed)");
+    return 1;
+  }
+  lua_pushfstring(L, "loom.Executor (%d workers%s): %p", x->nworkers,
+                  x->shut ? ", shut down" : "", (void *)x->sched);
+  return 1;
+}
+
+/* core.is_executor(v) -> is one, is usable (made; maybe shut), shut */
+static int l_is_executor(lua_State *L) {
+  xhandle *x = (xhandle *)loom_fastudata(L, 1, LOOM_UV_EXECUTOR);
+  lua_pushboolean(L, x != NULL);
+  lua_pushboolean(L, x != NULL && (x->sched != NULL || x->shut));
+  lua_pushboolean(L, x != NULL && x->shut);
+  return 3;
+}
+
+/* ------------------------------------------------------------- opening */
+
+static const luaL_Reg executor_methods[] = {
+  {"submit", executor_submit},
+  {"shutdown", executor_shutdown},
+  {"close", executor_close},
+  {"workers", executor_workers},
+  {"_map_task", executor_map_task},
+  {NULL, NULL}
+};
+
+static const luaL_Reg executor_funcs[] = {
+  {"executor", executor_new},
+  {"is_executor", l_is_executor},
+  {NULL, NULL}
+};
+
+void loom_open_executor(lua_State *L, int ms, int lib) {
+  loom_newclass(L, LOOM_EXECUTOR, executor_methods, executor_gc,
+                executor_tostring, ms);
+  luaL_getmetatable(L, LOOM_EXECUTOR);
+  lua_pushvalue(L, ms);
+  lua_pushcclosure(L, executor_close, 1);
+  lua_setfield(L, -2, "__close");
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, lib, "Executor");      /* so loom/init.lua can add map */
+  lua_setiuservalue(L, ms, LOOM_UV_EXECUTOR);
+  luaL_newmetatable(L, "loom.Sentinel");
+  lua_pushvalue(L, ms);
+  lua_pushcclosure(L, sentinel_gc, 1);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  lua_pushvalue(L, lib);
+  lua_pushvalue(L, ms);
+  luaL_setfuncs(L, executor_funcs, 1);
+  lua_pop(L, 1);
+}

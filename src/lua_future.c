@@ -1,0 +1,531 @@
+/*
+** lua_future.c -- the binding of futures: result, exception, cancel,
+** done callbacks; and waiting on many futures at once (the watcher behind
+** as_completed and wait), and the iterator of ex:map.
+**
+** A future handle is a userdata holding one reference to a loom_future;
+** its user value is its executor, which a future keeps alive.  Done
+** callbacks run in the state and thread that made the future: they wait
+** in the module record's user value (a table future -> {fn, ...}) until a
+** loom call of that thread finds the future done.
+*/
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#include "loom.h"
+
+#define LOOM_WATCHER "loom.Watcher"
+
+
+loom_future *loom_checkfuture(lua_State *L, int idx) {
+  loom_fhandle *h = (loom_fhandle *)loom_checkud(L, idx, LOOM_UV_FUTURE, LOOM_FUTURE);
+  if (h->f == NULL) luaL_argerror(L, idx, "future is not initialised");
+  return h->f;
+}
+
+static int future_gc(lua_State *L) {
+  loom_fhandle *h = (loom_fhandle *)luaL_checkudata(L, 1, LOOM_FUTURE);
+  if (h->f) loom_future_decref(h->f);
+  h->f = NULL;
+  return 0;
+}
+
+/*
+** Run the done callbacks of every done future of this state.  The
+** pending ones live in the module record's uservalue: a table
+** future -> {fn, ...}.  Errors go to warn.
+*/
+static int call_callbacks_k(lua_State *L);
+void loom_run_callbacks(lua_State *L) {
+  loom_mstate *ms = loom_getmstate(L);
+  int top, pending, list, n = 0, i;
+  if (ms->ncallbacks <= 0) return;
+  top = lua_gettop(L);
+  luaL_checkstack(L, 8, NULL);
+  lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_CALLBACKS);
+  pending = lua_gettop(L);
+  lua_newtable(L);              /* future, callbacks, future, callbacks... */
+  list = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, pending)) {
+    loom_fhandle *h = (loom_fhandle *)lua_touserdata(L, -2);
+    if (h && h->f && loom_future_isdone(h->f)) {
+      lua_pushvalue(L, -2);
+      lua_rawseti(L, list, ++n);
+      lua_rawseti(L, list, ++n);  /* pops the callbacks */
+    }
+    else lua_pop(L, 1);
+  }
+  /* Detach them all before running any: a callback may itself call a
+  ** waiting function, which runs this again; each runs exactly once. */
+  for (i = 1; i <= n; i += 2) {
+    lua_rawgeti(L, list, i);
+    lua_pushnil(L);
+    lua_rawset(L, pending);
+    ms->ncallbacks--;
+  }
+  for (i = 1; i <= n; i += 2) {
+    lua_pushcfunction(L, call_callbacks_k);
+    lua_rawgeti(L, list, i);
+    lua_rawgeti(L, list, i + 1);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      loom_warn_error(L, "loom: done callback failed: ");
+    }
+  }
+  lua_settop(L, top);
+}
+
+/* [1] future, [2] callbacks: run each, in order, warning on errors. */
+static int call_callbacks_k(lua_State *L) {
+  lua_Integer i, n = luaL_len(L, 2);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      loom_warn_error(L, "loom: done callback failed: ");
+    }
+  }
+  return 0;
+}
+
+static int future_add_done_callback(lua_State *L) {
+  loom_mstate *ms = loom_getmstate(L);
+  loom_future *f = loom_checkfuture(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (loom_future_isdone(f)) {
+    loom_run_callbacks(L);   /* earlier ones first */
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      loom_warn_error(L, "loom: done callback failed: ");
+    }
+    return 0;
+  }
+  lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_CALLBACKS);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+    ms->ncallbacks++;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+  return 0;
+}
+
+/* Wait until f is done or the timeout passes; 1 if done. */
+static int wait_one(loom_future *f, double timeout) {
+  loom_waiter w;
+  loom_wlink l;
+  struct timespec dl;
+  int done, spin;
+  if (loom_future_isdone(f)) return 1;
+  if (timeout == 0) return 0;
+  for (spin = 0; spin < 2000; spin++) {   /* short tasks: skip sleeping */
+    if (loom_future_isdone(f)) return 1;
+    if ((spin & 127) == 127) sched_yield();   /* a busy machine: give way */
+    else loom_cpu_relax();
+  }
+  if (timeout > 0) loom_deadline(&dl, timeout);
+  loom_waiter_init(&w, 0);
+  l.idx = 0;
+  if (loom_future_watch(f, &l, &w)) done = 1;
+  else {
+    loom_waiter_wait(&w, timeout > 0 ? &dl : NULL);
+    loom_future_unwatch(f, &l);
+    done = loom_future_isdone(f);
+  }
+  loom_waiter_destroy(&w);
+  return done;
+}
+
+static void raise_state(lua_State *L, loom_future *f) {
+  if (atomic_load(&f->state) == LOOM_CANCELLED)
+    loom_raise(L, "cancelled", "the future was cancelled");
+}
+
+/* Push the future's outcome: n results, or (error value, traceback). */
+static int push_outcome(lua_State *L, loom_future *f) {
+  if (f->out.errkind) {
+    loom_pusherror(L, f->out.errkind, "%s",
+                   f->out.errmsg ? f->out.errmsg : "not enough memory");
+    lua_pushliteral(L, "(no traceback)");
+    return -1;
+  }
+  if (f->out.result == NULL) {
+    /* the worker failed outside the task (out of memory, most likely):
+    ** a plain string error, as if the task had raised it */
+    lua_pushstring(L, f->out.errmsg ? f->out.errmsg : "not enough memory");
+    lua_pushliteral(L, "(no traceback)");
+    return -1;
+  }
+  {
+    int n = loom_decode(L, f->out.result->data, f->out.result->len, 1, f->out.result);
+    return f->out.failed ? -1 : n;
+  }
+}
+
+static void await(lua_State *L, loom_future *f, int tidx) {
+  double t = loom_opttimeout(L, tidx);
+  int done = wait_one(f, t);
+  loom_run_callbacks(L);
+  if (!done) loom_raise(L, "timeout", "the future did not finish in time");
+  raise_state(L, f);
+}
+
+/* Wait (timeout at stack slot 2) and push the results, or raise. */
+static int results(lua_State *L, loom_future *f) {
+  int n;
+  await(L, f, 2);
+  lua_settop(L, 1);
+  n = push_outcome(L, f);
+  if (n < 0) {
+    lua_pop(L, 1);   /* the traceback */
+    return lua_error(L);
+  }
+  return n;
+}
+
+static int future_result(lua_State *L) {
+  return results(L, loom_checkfuture(L, 1));
+}
+
+/*
+** The iterator of ex:map, in C: a generic for calls it once per result,
+** so its cost is the caller's cost per call.  Upvalues: 1 the module
+** record, 2 the futures (one per call for chunksize 1, else one per
+** chunk; each is dropped once its results are taken), 3 a mapiter, 4 the current chunk's result list
+** {extras, r1, ...} (see run_chunk in task.c), 5 its extras (nil when
+** every call gave one result).
+*/
+typedef struct mapiter {
+  lua_Integer i, n, chunksize;   /* calls yielded, calls in all, per task */
+  lua_Integer chunk;             /* the chunk in upvalue 4 */
+  double deadline;               /* monotonic seconds; < 0: none */
+} mapiter;
+
+/* Wait for future k and push its results after slot 1, which it takes
+** (results expects [future, timeout]); returns their number. */
+static int map_results(lua_State *L, mapiter *it, lua_Integer k) {
+  lua_settop(L, 0);
+  lua_rawgeti(L, lua_upvalueindex(2), k);
+  if (it->deadline < 0) lua_pushnil(L);
+  else {
+    double left = it->deadline - loom_now();
+    lua_pushnumber(L, left < 0 ? 0 : left);
+  }
+  return results(L, loom_checkfuture(L, 1));
+}
+
+/* The results of future k are in hand: drop it, so that a long map does
+** not keep every future (and its results) until the loop ends. */
+static void forget(lua_State *L, lua_Integer k) {
+  lua_pushnil(L);
+  lua_rawseti(L, lua_upvalueindex(2), k);
+}
+
+static int map_step(lua_State *L) {
+  mapiter *it = (mapiter *)lua_touserdata(L, lua_upvalueindex(3));
+  lua_Integer k, j;
+  if (it->i >= it->n) return 0;
+  it->i++;
+  if (it->chunksize == 1) {   /* plain tasks: their results as they are */
+    int n = map_results(L, it, it->i);
+    lua_pushinteger(L, it->i);
+    lua_replace(L, 1);
+    forget(L, it->i);
+    return n + 1;
+  }
+  k = (it->i - 1) / it->chunksize + 1;
+  j = it->i - (k - 1) * it->chunksize;   /* the call's place in chunk k */
+  if (k != it->chunk) {
+    map_results(L, it, k);   /* [future, list] */
+    lua_rawgeti(L, 2, 1);
+    lua_replace(L, lua_upvalueindex(5));
+    lua_replace(L, lua_upvalueindex(4));
+    it->chunk = k;
+    forget(L, k);
+  }
+  lua_pushinteger(L, it->i);
+  if (lua_type(L, lua_upvalueindex(5)) == LUA_TNIL) {   /* the fast way */
+    lua_rawgeti(L, lua_upvalueindex(4), j + 1);
+    return 2;
+  }
+  if (lua_rawgeti(L, lua_upvalueindex(5), j) == LUA_TTABLE) {
+    int n, a, t = lua_gettop(L);
+    lua_getfield(L, t, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n, "too many results");
+    for (a = 1; a <= n; a++) lua_rawgeti(L, t, a);
+    lua_remove(L, t);
+    return n + 1;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, lua_upvalueindex(5), "fail");
+  if (lua_tointeger(L, -1) == j) {
+    lua_getfield(L, lua_upvalueindex(5), "err");
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
+  lua_rawgeti(L, lua_upvalueindex(4), j + 1);
+  return 2;
+}
+
+/* core._map_iter(futures, n, chunksize, deadline-or-nil): ex:map's step
+** function, over the futures made by _map_task. */
+static int l_map_iter(lua_State *L) {
+  mapiter *it;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  it = (mapiter *)lua_newuserdatauv(L, sizeof *it, 0);
+  it->i = 0;
+  it->n = luaL_checkinteger(L, 2);
+  it->chunksize = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, it->chunksize >= 1, 3, "chunksize must be >= 1");
+  it->deadline = lua_isnoneornil(L, 4) ? -1 : luaL_checknumber(L, 4);
+  it->chunk = 0;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -3);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushcclosure(L, map_step, 5);
+  return 1;
+}
+
+static int future_exception(lua_State *L) {
+  loom_future *f = loom_checkfuture(L, 1);
+  int n;
+  await(L, f, 2);
+  lua_settop(L, 1);
+  if (!f->out.failed && !f->out.errkind && f->out.result != NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  n = push_outcome(L, f);
+  (void)n;
+  return 2;
+}
+
+static int future_cancel(lua_State *L) {
+  loom_future *f = loom_checkfuture(L, 1);
+  int running = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "running");
+    running = lua_toboolean(L, -1);
+  }
+  lua_pushboolean(L, f->sched != NULL
+                     && f->sched->ops->cancel(f->sched, f, running));
+  return 1;
+}
+
+static int future_cancelled(lua_State *L) {
+  loom_future *f = loom_checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == LOOM_CANCELLED);
+  return 1;
+}
+
+static int future_running(lua_State *L) {
+  loom_future *f = loom_checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == LOOM_RUNNING);
+  return 1;
+}
+
+static int future_done(lua_State *L) {
+  loom_future *f = loom_checkfuture(L, 1);
+  lua_pushboolean(L, loom_future_isdone(f));
+  return 1;
+}
+
+/* true when finished with an error (for wait's FIRST_EXCEPTION) */
+static int future_failed(lua_State *L) {
+  loom_future *f = loom_checkfuture(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == LOOM_FINISHED
+                     && (f->out.failed || f->out.errkind != NULL
+                         || f->out.result == NULL));
+  return 1;
+}
+
+static int future_tostring(lua_State *L) {
+  static const char *const names[] = {
+    "pending", "running", "finished", "cancelled"
+  };
+  loom_fhandle *h = (loom_fhandle *)luaL_checkudata(L, 1, LOOM_FUTURE);
+  if (h->f == NULL) lua_pushliteral(L, "loom.Future (closed)");
+  else lua_pushfstring(L, "loom.Future (%s): %p",
+                       names[atomic_load(&h->f->state)], (void *)h->f);
+  return 1;
+}
+
+/* ------------------------------------------------------------- watcher */
+
+/*
+** A watcher waits on many futures at once: it registers one link per
+** future, and each completion appends its index to w.q, in order.
+*/
+typedef struct watcher {
+  loom_waiter w;           /* a queueing one: completed links, in order */
+  int n, nout, live;       /* futures, handed out, links made */
+  loom_future **fs;
+  loom_wlink *links;
+} watcher;
+
+static void watcher_release(watcher *wt) {
+  int i;
+  if (!wt->live) return;
+  for (i = 0; i < wt->n; i++) {
+    if (wt->fs[i] == NULL) continue;
+    loom_future_unwatch(wt->fs[i], &wt->links[i]);
+    loom_future_decref(wt->fs[i]);
+    wt->fs[i] = NULL;
+  }
+  loom_waiter_destroy(&wt->w);
+  wt->live = 0;
+}
+
+static int watcher_gc(lua_State *L) {
+  watcher_release((watcher *)luaL_checkudata(L, 1, LOOM_WATCHER));
+  return 0;
+}
+
+/* core.watch({future, ...}) */
+static int watch_new(lua_State *L) {
+  lua_Integer n, i;
+  watcher *wt;
+  size_t sz;
+  char *mem;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = luaL_len(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 10000000, 1, "too many futures");
+  for (i = 1; i <= n; i++) {
+    lua_geti(L, 1, i);
+    loom_checkfuture(L, -1);
+    lua_pop(L, 1);
+  }
+  sz = sizeof(watcher) + (size_t)n * (sizeof(loom_future *)
+                                      + sizeof(loom_wlink));
+  mem = (char *)lua_newuserdatauv(L, sz, 0);
+  wt = (watcher *)mem;
+  wt->live = 0;
+  luaL_setmetatable(L, LOOM_WATCHER);
+  wt->n = (int)n;
+  wt->nout = 0;
+  wt->links = (loom_wlink *)(mem + sizeof(watcher));
+  wt->fs = (loom_future **)(wt->links + n);
+  loom_waiter_init(&wt->w, 1);
+  for (i = 0; i < n; i++) wt->fs[i] = NULL;
+  wt->live = 1;
+  /* no Lua call may raise from here until every link is made */
+  for (i = 0; i < n; i++) {
+    loom_future *f;
+    loom_wlink *l = &wt->links[i];
+    lua_geti(L, 1, i + 1);
+    f = ((loom_fhandle *)lua_touserdata(L, -1))->f;
+    lua_pop(L, 1);
+    loom_future_incref(f);
+    wt->fs[i] = f;
+    l->idx = (int)i;
+    if (loom_future_watch(f, l, &wt->w)) {
+      pthread_mutex_lock(&wt->w.mu);   /* done already: queue it now */
+      l->dnext = NULL;
+      if (wt->w.dtail) wt->w.dtail->dnext = l; else wt->w.dhead = l;
+      wt->w.dtail = l;
+      pthread_mutex_unlock(&wt->w.mu);
+    }
+  }
+  return 1;
+}
+
+/* w:next([timeout]) -> index of the next completed future, or nil */
+static int watch_next(lua_State *L) {
+  watcher *wt = (watcher *)luaL_checkudata(L, 1, LOOM_WATCHER);
+  double t = loom_opttimeout(L, 2);
+  struct timespec dl;
+  loom_wlink *l = NULL;
+  int idx;
+  if (!wt->live) return 0;
+  if (t > 0) loom_deadline(&dl, t);
+  pthread_mutex_lock(&wt->w.mu);
+  for (;;) {
+    if ((l = loom_waiter_pop_locked(&wt->w)) != NULL) break;
+    if (wt->nout >= wt->n || t == 0) break;
+    if (t < 0) pthread_cond_wait(&wt->w.cv, &wt->w.mu);
+    else if (pthread_cond_timedwait(&wt->w.cv, &wt->w.mu, &dl) == ETIMEDOUT
+             && wt->w.dhead == NULL)
+      break;
+  }
+  pthread_mutex_unlock(&wt->w.mu);
+  if (l == NULL) {
+    loom_run_callbacks(L);
+    return 0;
+  }
+  idx = l->idx;
+  wt->nout++;
+  /* handed out: the watcher no longer keeps it (nor its results) */
+  loom_future_unwatch(wt->fs[idx], l);
+  loom_future_decref(wt->fs[idx]);
+  wt->fs[idx] = NULL;
+  loom_run_callbacks(L);
+  lua_pushinteger(L, idx + 1);
+  return 1;
+}
+
+/* ------------------------------------------------------------- opening */
+
+static int l_is_future(lua_State *L) {
+  loom_fhandle *h = (loom_fhandle *)loom_fastudata(L, 1, LOOM_UV_FUTURE);
+  lua_pushboolean(L, h != NULL && h->f != NULL);
+  return 1;
+}
+
+static int l_run_callbacks(lua_State *L) {
+  loom_run_callbacks(L);
+  return 0;
+}
+
+static const luaL_Reg future_methods[] = {
+  {"result", future_result},
+  {"exception", future_exception},
+  {"cancel", future_cancel},
+  {"cancelled", future_cancelled},
+  {"running", future_running},
+  {"done", future_done},
+  {"add_done_callback", future_add_done_callback},
+  {"_failed", future_failed},
+  {NULL, NULL}
+};
+
+static const luaL_Reg watcher_methods[] = {
+  {"next", watch_next},
+  {"close", watcher_gc},
+  {NULL, NULL}
+};
+
+static const luaL_Reg future_funcs[] = {
+  {"watch", watch_new},
+  {"run_callbacks", l_run_callbacks},
+  {"is_future", l_is_future},
+  {"_map_iter", l_map_iter},
+  {NULL, NULL}
+};
+
+void loom_open_future(lua_State *L, int ms, int lib) {
+  loom_newclass(L, LOOM_FUTURE, future_methods, future_gc, future_tostring,
+                ms);
+  loom_newclass(L, LOOM_WATCHER, watcher_methods, watcher_gc, NULL, ms);
+  luaL_getmetatable(L, LOOM_FUTURE);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, lib, "Future");
+  lua_setiuservalue(L, ms, LOOM_UV_FUTURE);
+  lua_pushvalue(L, lib);
+  lua_pushvalue(L, ms);
+  luaL_setfuncs(L, future_funcs, 1);
+  lua_pop(L, 1);
+}

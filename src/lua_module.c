@@ -1,0 +1,408 @@
+/*
+** lua_module.c -- the Lua binding's entry: luaopen_loom_core, the
+** per-state module record, and the module's own functions (encode,
+** decode, cpu_count...).  The classes live in lua_future.c,
+** lua_executor.c and lua_channel.c; each registers itself from here.
+**
+** Per state that loads the module there is one module record (a
+** userdata, upvalue 1 of every binding function).  It remembers the
+** pools and channels this state created, so that when the state closes
+** it can close those channels (waking tasks blocked on them) and join
+** every worker before the library can be unloaded.  Its user values hold
+** the done callbacks still to run and the class metatables.
+*/
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lualib.h"
+#include "loom.h"
+
+/* The one exported symbol. */
+#if defined(__GNUC__)
+#define LOOM_EXPORT __attribute__((visibility("default")))
+#else
+#define LOOM_EXPORT
+#endif
+LOOM_EXPORT int luaopen_loom_core(lua_State *L);
+
+/* ------------------------------------------------------ shared helpers */
+
+void *loom_fastudata(lua_State *L, int idx, int uv) {
+  void *p = lua_touserdata(L, idx);
+  int same;
+  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
+  lua_getiuservalue(L, lua_upvalueindex(1), uv);
+  same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? p : NULL;
+}
+
+void *loom_checkud(lua_State *L, int idx, int uv, const char *tname) {
+  void *p = loom_fastudata(L, idx, uv);
+  return p ? p : luaL_checkudata(L, idx, tname);   /* raises */
+}
+
+void loom_setmeta(lua_State *L, int uv) {
+  lua_getiuservalue(L, lua_upvalueindex(1), uv);
+  lua_setmetatable(L, -2);
+}
+
+int loom_grow(void **arr, int *cap, size_t elem) {
+  int ncap = *cap ? *cap * 2 : 8;
+  void *n = loom_realloc(*arr, elem * (size_t)ncap);
+  if (n == NULL) return 0;
+  *arr = n;
+  *cap = ncap;
+  return 1;
+}
+
+double loom_opttimeout(lua_State *L, int idx) {
+  lua_Number t;
+  if (lua_isnoneornil(L, idx)) return -1;
+  /* a number, not a numeric string: as wait, as_completed and map take it */
+  if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "number");
+  t = lua_tonumber(L, idx);
+  luaL_argcheck(L, t == t, idx, "timeout is NaN");
+  return t < 0 ? 0 : t;
+}
+
+/* Its text is made protected: a callback's error, whatever its
+** __tostring does, never escapes and never stops the next callback. */
+void loom_warn_error(lua_State *L, const char *what) {
+  const char *msg = loom_pushtext(L, -1);
+  lua_warning(L, what, 1);
+  lua_warning(L, msg, 0);
+  lua_pop(L, 2);
+}
+
+static int msgbox_gc(lua_State *L) {
+  loom_msg **box = (loom_msg **)lua_touserdata(L, 1);
+  loom_msg_free(*box);
+  *box = NULL;
+  return 0;
+}
+
+loom_msg **loom_msgbox(lua_State *L) {
+  loom_msg **box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  luaL_setmetatable(L, "loom.MsgBox");
+  return box;
+}
+
+void loom_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                   lua_CFunction gc, lua_CFunction tostr, int ms) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  lua_pushvalue(L, ms);
+  luaL_setfuncs(L, methods, 1);
+  lua_setfield(L, -2, "__index");
+  if (gc) {
+    lua_pushvalue(L, ms);
+    lua_pushcclosure(L, gc, 1);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (tostr) {
+    lua_pushvalue(L, ms);
+    lua_pushcclosure(L, tostr, 1);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}
+
+/* --------------------------------------------------------- module record */
+
+/* Join and drop scheds whose workers have all ended. */
+static void prune_scheds(loom_mstate *ms) {
+  struct timespec now;
+  int i, j = 0;
+  loom_deadline(&now, 0);
+  for (i = 0; i < ms->nscheds; i++) {
+    loom_sched *s = ms->scheds[i];
+    if (s->ops->join(s, &now)) loom_sched_decref(s);
+    else ms->scheds[j++] = s;
+  }
+  ms->nscheds = j;
+}
+
+void loom_sched_reserve(lua_State *L) {
+  loom_mstate *ms = loom_getmstate(L);
+  prune_scheds(ms);
+  if (ms->nscheds == ms->capscheds
+      && !loom_grow((void **)&ms->scheds, &ms->capscheds,
+                    sizeof(loom_sched *)))
+    luaL_error(L, "not enough memory");
+}
+
+void loom_sched_keep(lua_State *L, loom_sched *s) {
+  loom_mstate *ms = loom_getmstate(L);
+  loom_sched_incref(s);
+  ms->scheds[ms->nscheds++] = s;   /* room was reserved */
+}
+
+/* At lua_close (or collection of the record): close, then join. */
+static int module_gc(lua_State *L) {
+  loom_mstate *ms = (loom_mstate *)lua_touserdata(L, 1);
+  int i;
+  if (ms->closed) return 0;
+  ms->closed = 1;
+  loom_close_channels(ms);
+  for (i = 0; i < ms->nscheds; i++)
+    ms->scheds[i]->ops->shutdown(ms->scheds[i], 0, 0);
+  for (i = 0; i < ms->nscheds; i++) {
+    ms->scheds[i]->ops->join(ms->scheds[i], NULL);
+    loom_sched_decref(ms->scheds[i]);
+  }
+  /* Nobody will pop what is left: drop it.  This also frees channels
+  ** that hold references to themselves, directly or in a cycle. */
+  for (i = 0; i < ms->nchans; i++) {
+    loom_msg *m;
+    while (loom_chan_pop(ms->chans[i], 0, &m) == 0) loom_msg_free(m);
+  }
+  for (i = 0; i < ms->nchans; i++) loom_chan_decref(ms->chans[i]);
+  loom_free(ms->scheds);
+  loom_free(ms->chans);
+  ms->scheds = NULL;
+  ms->chans = NULL;
+  ms->nscheds = ms->nchans = 0;
+  return 0;
+}
+
+/* ----------------------------------------------------- encode / decode */
+
+static int l_encode(lua_State *L) {
+  loom_msg *m;
+  loom_msg **box;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  /* pushing the string may fail: a userdata owns the message meanwhile */
+  box = loom_msgbox(L);
+  m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
+  *box = m;
+  lua_pushlstring(L, (const char *)m->data, m->len);
+  loom_msg_free(m);
+  *box = NULL;
+  return 1;
+}
+
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  int functions = 0, n;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "functions");
+    functions = lua_toboolean(L, -1);
+  }
+  lua_settop(L, 1);
+  n = loom_decode(L, (const unsigned char *)s, len, functions, NULL);
+  if (n != 1)
+    return loom_raise(L, "transfer", "malformed message: %d values, "
+                      "expected 1", n);
+  return 1;
+}
+
+/* ------------------------------------------------ test-only: new state */
+
+/* Protected, in the new state: [1] = message; decode, maybe call,
+** encode the results into a new message (lightuserdata [2] gets it). */
+static int other_state_run(lua_State *L) {
+  loom_msg *in = (loom_msg *)lua_touserdata(L, 1);
+  loom_msg **out = (loom_msg **)lua_touserdata(L, 2);
+  int call = lua_toboolean(L, 3), n;
+  lua_settop(L, 3);
+  n = loom_decode(L, in->data, in->len, 1, in);
+  if (call) {
+    lua_call(L, n - 1, LUA_MULTRET);
+    n = lua_gettop(L) - 3;
+  }
+  *out = loom_encode(L, 4, n, LOOM_AT_RESULT, 0, 1);
+  return 0;
+}
+
+static int in_new_state(lua_State *L, int call) {
+  int n = lua_gettop(L), r;
+  loom_msg *m, *out = NULL;
+  lua_State *L2;
+  loom_msg **box;
+  box = loom_msgbox(L);
+  m = loom_encode(L, 1, n, LOOM_AT_ARGUMENT, 1, 1);
+  *box = m;
+  L2 = lua_newstate(loom_lua_alloc, NULL);
+  if (L2 == NULL) return luaL_error(L, "cannot create a state");
+  lua_pushcfunction(L2, loom_open_worker_state);
+  r = lua_pcall(L2, 0, 0, 0);
+  if (r == LUA_OK) {
+    lua_pushcfunction(L2, other_state_run);
+    lua_pushlightuserdata(L2, m);
+    lua_pushlightuserdata(L2, &out);
+    lua_pushboolean(L2, call);
+    r = lua_pcall(L2, 3, 0, 0);
+  }
+  if (r != LUA_OK) {   /* copy the error back */
+    lua_pushcfunction(L2, other_state_run);
+    lua_insert(L2, -2);
+    lua_pushlightuserdata(L2, &out);
+    lua_insert(L2, -2);
+    out = loom_encode(L2, -1, 1, LOOM_AT_RESULT, 0, 1);
+  }
+  lua_close(L2);
+  *box = out;
+  loom_msg_free(m);
+  lua_settop(L, n + 1);
+  n = loom_decode(L, out->data, out->len, 1, out);
+  if (r != LUA_OK) return lua_error(L);
+  return n;
+}
+
+static int l_roundtrip(lua_State *L) { return in_new_state(L, 0); }
+static int l_call_in_new_state(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  return in_new_state(L, 1);
+}
+
+/* ---------------------------------------------------------------- misc */
+
+/* core._inplace_arrays([on]): whether arrays of numbers are copied in
+** place (see transfer.c), after turning that on or off if asked; for the
+** specs, which compare both ways of copying. */
+static int l_inplace_arrays(lua_State *L) {
+  int on = lua_isnoneornil(L, 1) ? -1 : lua_toboolean(L, 1);
+  lua_pushboolean(L, loom_arrays_inplace(on));
+  return 1;
+}
+
+static int l_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+static int l_clock(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)loom_now());
+  return 1;
+}
+
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  loom_pusherror(L, kind, "%s", msg);
+  return 1;
+}
+
+static int l_failpoint(lua_State *L) {
+  lua_Integer k = luaL_checkinteger(L, 1);
+  static const char *const opts[] = { "lua", "core", "both", NULL };
+  int which = luaL_checkoption(L, 2, "both", opts) + 1;
+  lua_pushinteger(L, loom_failpoint_count());
+  lua_pushboolean(L, loom_failpoint_fired());
+  loom_failpoint_arm((long)k, which);
+  return 2;
+}
+
+static int error_tostring(lua_State *L) {
+  lua_getfield(L, 1, "kind");
+  lua_getfield(L, 1, "message");
+  lua_pushfstring(L, "loom.%s: %s", luaL_optstring(L, -2, "error"),
+                  luaL_optstring(L, -1, "?"));
+  return 1;
+}
+
+/* Worker states: os.exit must not end the host; print writes lines. */
+static int worker_exit(lua_State *L) {
+  return luaL_error(L, "os.exit is not allowed in a loom worker");
+}
+
+static int worker_print(lua_State *L) {
+  int n = lua_gettop(L), i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  {
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    fwrite(s, 1, len, stdout);   /* one call: one whole line */
+    fflush(stdout);
+  }
+  return 0;
+}
+
+int loom_open_worker_state(lua_State *L) {
+  luaL_openlibs(L);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, worker_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, worker_print);
+  lua_setglobal(L, "print");
+  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  lua_pop(L, 1);
+  /* before any user code can change the libraries; print and os.exit
+  ** are named as usual, so they cross as the receiver's own */
+  loom_cfuncs_init(L);
+  return 0;
+}
+
+
+/* ------------------------------------------------------------- opening */
+
+static const luaL_Reg funcs[] = {
+  {"encode", l_encode},
+  {"decode", l_decode},
+  {"cpu_count", l_cpu_count},
+  {"clock", l_clock},
+  {"error", l_error},
+  {"_roundtrip", l_roundtrip},
+  {"_call_in_new_state", l_call_in_new_state},
+  {"_failpoint", l_failpoint},
+  {"_inplace_arrays", l_inplace_arrays},
+  {NULL, NULL}
+};
+
+LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
+  loom_mstate *ms;
+  int msi, lib;
+  loom_arrays_check(L);
+  /* one module record per state, however often the module is opened */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE) == LUA_TNIL) {
+    lua_pop(L, 1);
+    ms = (loom_mstate *)lua_newuserdatauv(L, sizeof *ms, LOOM_UV_N);
+    memset(ms, 0, sizeof *ms);
+    ms->prunechans = 16;
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, LOOM_UV_CALLBACKS);
+    lua_newtable(L);
+    lua_pushcfunction(L, module_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOOM_MODULE);
+  }
+  msi = lua_gettop(L);
+  luaL_newmetatable(L, "loom.MsgBox");
+  lua_pushcfunction(L, msgbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, LOOM_ERROR);
+  lua_pushcfunction(L, error_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  luaL_newlibtable(L, funcs);
+  lib = lua_gettop(L);
+  lua_pushvalue(L, msi);
+  luaL_setfuncs(L, funcs, 1);
+  loom_open_future(L, msi, lib);
+  loom_open_executor(L, msi, lib);
+  loom_open_channel(L, msi, lib);
+  luaL_getmetatable(L, LOOM_ERROR);
+  lua_setfield(L, lib, "Error");
+  return 1;
+}
