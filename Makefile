@@ -49,6 +49,7 @@ deps:
 	@sh .ci/deps.sh
 
 test: deps
+	@sh .ci/deps.sh liblua5.3-dev || echo "loom: no Lua 5.3 headers, so the version guard spec is pending"
 	$(MAKE) all
 	$(BUSTED) --lua=$(LUA) -o utfTerminal spec
 
