@@ -1,5 +1,7 @@
--- The build: the Lua version guard in src/loom.h. Every child process
--- (the C compiler) runs under `timeout`, so a hang fails the test.
+-- The build and the packaging: the Lua version guard in src/loom.h, the
+-- rockspecs (luarocks lint, and the release version agrees with the
+-- Makefile's), and the built core. Every child process (the C compiler,
+-- luarocks, readelf) runs under `timeout`, so a hang fails the test.
 
 local helpers = require "spec.support.helpers"
 
@@ -24,6 +26,13 @@ local function file_exists(name)
   local f = io.open(name, "rb")
   if f then f:close() end
   return f ~= nil
+end
+
+local function read_file(name)
+  local f = assert(io.open(name, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
 end
 
 local function have(program)
@@ -132,5 +141,70 @@ describe("the Lua version guard", function()
     local lines, _, output = compile(main, { dir, "src" })
     local _, guard = diagnostics(lines)
     assert.are.equal(0, #guard, output)
+  end)
+end)
+
+describe("the rockspecs", function()
+  -- Loads a rockspec as LuaRocks does: a chunk that sets globals.
+  local function load_rockspec(name)
+    local fields = {}
+    assert(load(read_file(name), "@" .. name, "t", fields))()
+    return fields
+  end
+
+  local function makefile_version()
+    local version = read_file("Makefile"):match("\nVERSION%s*=%s*(%S+)")
+    assert.is_string(version, "no VERSION in the Makefile")
+    return version
+  end
+
+  it("pass luarocks lint, every one of them", function()
+    if not have("luarocks") then pending("luarocks is not installed") return end
+    local rockspecs = glob("rockspec/*.rockspec")
+    assert.is_true(#rockspecs >= 2, table.concat(rockspecs, " "))
+    for _, name in ipairs(rockspecs) do
+      local output, status = run("luarocks --lua-version=5.4 lint " .. shell_quote(name))
+      assert.are.equal(0, status, name .. ":\n" .. output)
+    end
+  end)
+
+  it("include a release whose version and source archive are the Makefile's VERSION", function()
+    local version = makefile_version()
+    local name = "rockspec/loom-" .. version .. "-1.rockspec"
+    assert.is_true(file_exists(name), name .. " is missing")
+    local rs = load_rockspec(name)
+    assert.are.equal("loom", rs.package)
+    assert.are.equal(version .. "-1", rs.version)
+    assert.are.equal("file://loom-" .. version .. ".tar.gz", rs.source.url)
+    assert.are.equal("loom-" .. version, rs.source.dir)
+  end)
+
+  it("build through the Makefile, the scm one as the release", function()
+    local release = load_rockspec("rockspec/loom-" .. makefile_version() .. "-1.rockspec")
+    local scm = load_rockspec("rockspec/loom-scm-1.rockspec")
+    assert.are.equal("scm-1", scm.version)
+    assert.are.same({ url = "file://loom-scm.tar.gz", dir = "loom-scm" }, scm.source)
+    assert.are.equal("make", release.build.type)
+    assert.are.same({ "lua >= 5.4, < 5.5" }, release.dependencies)
+    assert.are.same({ "busted" }, release.test_dependencies)
+    -- make and make install get the same compiler settings
+    for _, key in ipairs { "CFLAGS", "LIBFLAG", "LUA_INCDIR", "LUA" } do
+      assert.are.equal("$(" .. key .. ")", release.build.build_variables[key])
+      assert.are.equal("$(" .. key .. ")", release.build.install_variables[key])
+    end
+    for _, key in ipairs { "description", "dependencies", "build", "test_dependencies", "test" } do
+      assert.are.same(release[key], scm[key], key)
+    end
+  end)
+end)
+
+describe("the built core", function()
+  it("does not link liblua (the interpreter provides the API)", function()
+    if not have("readelf") then pending("readelf is not installed") return end
+    local core = assert(package.searchpath("loom.core", package.cpath))
+    local output, status = run("readelf -d " .. shell_quote(core))
+    assert.are.equal(0, status, output)
+    assert.truthy(output:find("(NEEDED)", 1, true), output)
+    assert.is_nil(output:lower():find("liblua", 1, true), output)
   end)
 end)
