@@ -27,6 +27,18 @@
 #include <stdatomic.h>
 
 #include "lua.h"
+/* Other Lua versions: one clear error, before any 5.4-only call can warn. */
+#if LUA_VERSION_NUM == 501
+#error "loom needs Lua 5.4 headers (lua.h says 5.1)"
+#elif LUA_VERSION_NUM == 502
+#error "loom needs Lua 5.4 headers (lua.h says 5.2)"
+#elif LUA_VERSION_NUM == 503
+#error "loom needs Lua 5.4 headers (lua.h says 5.3)"
+#elif LUA_VERSION_NUM == 505
+#error "loom needs Lua 5.4 headers (lua.h says 5.5)"
+#elif LUA_VERSION_NUM != 504
+#error "loom needs Lua 5.4 headers (lua.h says another version)"
+#endif
 #include "lauxlib.h"
 
 #if defined(__GNUC__)
