@@ -22,7 +22,7 @@ SRC  = src/alloc.c src/transfer.c src/channel.c src/future.c src/task.c \
        src/pool.c src/lua_module.c src/lua_future.c src/lua_executor.c \
        src/lua_channel.c
 HDR  = src/loom.h
-SO   = loom/core.so
+SO  ?= loom/core.so
 
 ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
              -I$(LUA_INCDIR) $(CFLAGS) $(EXTRA_CFLAGS)
@@ -39,9 +39,18 @@ RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
 
 all: $(SO)
 
-$(SO): $(SRC) $(HDR)
-	@mkdir -p loom
-	$(CC) $(ALL_CFLAGS) $(LIBFLAG) -o $@ $(SRC) -pthread $(EXTRA_LDFLAGS)
+# One object per source: a build against the wrong Lua headers stops at
+# the first file, with its one #error line (-Wfatal-errors: nothing after).
+OBJDIR ?= build/obj
+OBJ = $(SRC:src/%.c=$(OBJDIR)/%.o)
+
+$(OBJDIR)/%.o: src/%.c $(HDR)
+	@mkdir -p $(OBJDIR)
+	$(CC) $(ALL_CFLAGS) -Wfatal-errors -c -o $@ $<
+
+$(SO): $(OBJ)
+	@mkdir -p $(dir $(SO))
+	$(CC) $(LIBFLAG) -o $@ $(OBJ) -pthread $(EXTRA_LDFLAGS)
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/loom $(DESTDIR)$(INST_LUADIR)/loom

@@ -117,6 +117,30 @@ describe("the Lua version guard", function()
     end
   end)
 
+  it("stops the whole build against the Lua 5.3 headers with one #error line", function()
+    if not file_exists(LUA53 .. "/lua.h") then
+      pending("no Lua 5.3 headers in " .. LUA53 .. " (apt-get install liblua5.3-dev)")
+      return
+    end
+    if not have("make") then pending("no make") return end
+    local dir = os.tmpname()
+    os.remove(dir)
+    local output, status = run(string.format(
+      "make -s OBJDIR=%s SO=%s LUA_INCDIR=%s %s",
+      shell_quote(dir .. "/obj"), shell_quote(dir .. "/core.so"), shell_quote(LUA53),
+      shell_quote(dir .. "/core.so")))
+    run("rm -rf " .. shell_quote(dir))
+    assert.are_not.equal(0, status, "the build succeeded:\n" .. output)
+    local errors, warnings = 0, 0
+    for _, line in ipairs(helpers.lines(output)) do
+      if line:find(": error:", 1, true) then errors = errors + 1 end
+      if line:find("warning:", 1, true) then warnings = warnings + 1 end
+    end
+    assert.are.equal(1, errors, output)
+    assert.are.equal(0, warnings, output)
+    assert.truthy(output:find("lua.h says 5.3", 1, true), output)
+  end)
+
   it("names the version found for every other LUA_VERSION_NUM", function()
     if not have(CC) then pending("no C compiler (" .. CC .. ")") return end
     local dir = temporary_directory()
