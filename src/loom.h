@@ -365,6 +365,8 @@ typedef struct loom_pool loom_pool;
 typedef struct loom_pool_config {
   int workers;
   const char *name;        /* thread name prefix, may be NULL */
+  double task_timeout;     /* seconds a task may run; 0: no limit */
+  size_t memory_limit;     /* bytes per worker state; 0: no limit */
   const char *path, *cpath;
   loom_msg *init;          /* function + init_args, or NULL (taken) */
 } loom_pool_config;

@@ -55,18 +55,53 @@ static void renew_sentinel(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, "loom.sentinel");
 }
 
-/* core.executor(workers, name, init, init_args) */
+/* Field k of the options table at 1: an integer, or def when absent. */
+static lua_Integer optint(lua_State *L, const char *k, lua_Integer def) {
+  lua_Integer v = def;
+  if (lua_getfield(L, 1, k) != LUA_TNIL) {
+    int ok;
+    v = lua_tointegerx(L, -1, &ok);
+    if (!ok) luaL_error(L, "bad option '%s' (integer expected)", k);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Field k of the options table at 1: a number, or def when absent. */
+static lua_Number optnum(lua_State *L, const char *k, lua_Number def) {
+  lua_Number v = def;
+  if (lua_getfield(L, 1, k) != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TNUMBER)
+      luaL_error(L, "bad option '%s' (number expected)", k);
+    v = lua_tonumber(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/*
+** core.executor(opts): opts as loom/init.lua checked them: workers, name,
+** init, init_args, task_timeout, memory_limit.  Stack: [1] opts, [2] name,
+** [3] init, [4] init_args, [5] the handle.
+*/
 static int executor_new(lua_State *L) {
   loom_pool_config cfg;
   xhandle *x;
   const char *err;
-  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_Integer n;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  n = optint(L, "workers", 0);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "workers must be in 1..4096");
   cfg.workers = (int)n;
-  cfg.name = luaL_optstring(L, 2, NULL);
-  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
-  lua_settop(L, 4);
+  cfg.task_timeout = optnum(L, "task_timeout", 0);
+  cfg.memory_limit = (size_t)optint(L, "memory_limit", 0);
+  lua_getfield(L, 1, "name");        /* 2 */
+  cfg.name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
+  lua_getfield(L, 1, "init");        /* 3 */
+  lua_getfield(L, 1, "init_args");   /* 4 */
+  if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
   x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
   x->sched = NULL;
   x->shut = 0;

@@ -77,7 +77,8 @@ function loom.executor(opts)
   if opts.name ~= nil and type(opts.name) ~= "string" then
     argerror(1, "executor", "name must be a string, got " .. type(opts.name))
   end
-  return core.executor(workers, opts.name, opts.init, opts.init_args)
+  return core.executor { workers = workers, name = opts.name, init = opts.init,
+                        init_args = opts.init_args }
 end
 
 -- Unique futures of a sequence, in their first order.
