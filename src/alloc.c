@@ -71,3 +71,27 @@ void *loom_lua_alloc(void *ud, void *p, size_t osize, size_t nsize) {
   }
   return realloc(p, nsize);
 }
+
+/*
+** A worker state's allocator under memory_limit: ud is the state's own
+** loom_memlimit, touched only by the thread that runs the state (Lua calls
+** its allocator from that thread alone), so it needs no lock.  Growth past
+** the limit fails; Lua then collects and retries once, and raises "not
+** enough memory" if that did not free enough.
+*/
+void *loom_lua_alloc_limited(void *ud, void *p, size_t osize, size_t nsize) {
+  loom_memlimit *m = (loom_memlimit *)ud;
+  size_t old = p ? osize : 0;   /* for a new block, osize is a type tag */
+  void *q;
+  if (nsize == 0) {
+    free(p);
+    m->used -= old;
+    return NULL;
+  }
+  if (nsize > old && (nsize - old > m->limit - m->used
+                      || should_fail(LOOM_FAIL_LUA)))
+    return NULL;
+  q = realloc(p, nsize);
+  if (q != NULL) m->used = m->used - old + nsize;
+  return q;
+}

@@ -69,6 +69,13 @@ LOOM_API void *loom_realloc(void *p, size_t n);
 LOOM_API void  loom_free(void *p);
 /* The lua_Alloc of every worker state; ud is unused. */
 LOOM_API void *loom_lua_alloc(void *ud, void *p, size_t osize, size_t nsize);
+/* The lua_Alloc of a worker state under a memory limit; ud is its own
+** loom_memlimit (used starts at 0; used <= limit always holds). */
+typedef struct loom_memlimit {
+  size_t used, limit;
+} loom_memlimit;
+LOOM_API void *loom_lua_alloc_limited(void *ud, void *p, size_t osize,
+                                      size_t nsize);
 /* Test hook: make the k-th next allocation (core or worker state) fail;
 ** 0 disarms. Returns the number of allocations counted since arming. */
 LOOM_API void loom_failpoint_arm(long k, int which);
