@@ -35,7 +35,7 @@ BUSTED_BIN  = $(shell command -v busted)
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
 
-.PHONY: all install test demo deps check lint asan tsan valgrind failpoints bench bench-plot fuzz soak clean
+.PHONY: all install test demo deps test-deps check lint asan tsan valgrind failpoints bench bench-plot fuzz soak clean
 
 all: $(SO)
 
@@ -84,7 +84,11 @@ rock: $(ROCKSPEC)
 deps:
 	@sh .ci/deps.sh
 
-test: deps
+# What the specs use beyond the build: lfs, a real C module (cfunc_spec).
+test-deps: deps
+	@sh .ci/deps.sh lua-filesystem
+
+test: test-deps
 	@sh .ci/deps.sh liblua5.3-dev || echo "loom: no Lua 5.3 headers, so the version guard spec is pending"
 	$(MAKE) all
 	$(BUSTED) --lua=$(LUA) -o utfTerminal spec
@@ -116,7 +120,7 @@ build/%/host: spec/host/host.c
 	$(SAN_CC) -I$(LUA_INCDIR) $($(shell echo $* | tr a-z A-Z)_FLAGS) \
 	  -o $@ $< $(LUA_STATIC) -lm -ldl -Wl,-E -pthread
 
-asan tsan: %: deps build/%/host build/%/loom/core.so
+asan tsan: %: test-deps build/%/host build/%/loom/core.so
 	$(SAN_ENV) LOOM_LUA=$(CURDIR)/build/$@/host LOOM_CPATH='$(CURDIR)/build/$@/?.so' \
 	  LOOM_KEEP_LOADED=$(CURDIR)/build/$@/loom/core.so \
 	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec
@@ -143,7 +147,7 @@ soak: deps all
 VALGRIND = valgrind -q --error-exitcode=99 --leak-check=full \
            --errors-for-leak-kinds=definite,indirect \
            --show-leak-kinds=definite,indirect --num-callers=30
-valgrind: deps all
+valgrind: test-deps all
 	sh .ci/deps.sh valgrind
 	LOOM_LUA='$(VALGRIND) $(LUA)' $(VALGRIND) $(LUA) $(BUSTED_BIN) \
 	  --ignore-lua --run=valgrind spec

@@ -25,6 +25,7 @@ local corpus = require "spec.fuzz.make_corpus"
 
 local T = corpus.TAGS
 local message, varint, tbl = corpus.message, corpus.varint, corpus.table_header
+local cname = corpus.cname
 
 local REGRESSIONS = "spec/fuzz/regressions"
 local SEEDS = "spec/fuzz/seeds"
@@ -210,7 +211,7 @@ local MALFORMED = {
   { "a NaN key", message(1, 1, tbl(0, 1) .. string.char(T.FLT) .. NAN .. string.char(T.TRUE, 0)) },
   { "a metatable that is a number", message(1, 1, tbl(0, 0) .. "\1" .. string.char(T.INT8, 1)) },
   { "a metatable that is a C function", message(1, 1, tbl(0, 0) .. "\1"
-      .. string.char(T.CFUNC, 10) .. "string.rep") },
+      .. string.char(T.CFUNC) .. cname("string") .. cname("rep")) },
   { "a metatable flag of 2", message(1, 1, tbl(0, 0) .. "\2") },
   { "a reference at the top", message(1, 1, string.char(T.REF, 0)) },
   { "a reference past the objects", message(1, 1, tbl(1, 0) .. string.char(T.REF, 1, 0)) },
@@ -221,10 +222,14 @@ local MALFORMED = {
   { "shared bytecode without a message", message(0, 1, string.char(T.PROTO, 0)) },
   { "a function", loom.encode(function() return 1 end) },
   { "bytecode of 2^60 bytes", message(1, 1, string.char(T.FUNC) .. varint(1 << 60) .. "\0") },
-  { "an unknown C function", message(0, 1, string.char(T.CFUNC, 7) .. "nowhere") },
-  { "a C function name of 65 bytes", message(0, 1, string.char(T.CFUNC, 65) .. ("s"):rep(65)) },
-  { "a C function name past the end", message(0, 1, string.char(T.CFUNC, 20) .. "string.rep") },
-  { "a library name, not a function", message(0, 1, string.char(T.CFUNC, 6) .. "string") },
+  { "a C function of a module not loaded", message(0, 1, string.char(T.CFUNC) .. cname("nowhere") .. cname("f")) },
+  { "a C function a module does not have", message(0, 1, string.char(T.CFUNC) .. cname("string") .. cname("nowhere")) },
+  { "a C function that is a library", message(0, 1, string.char(T.CFUNC) .. cname("_G") .. cname("string")) },
+  { "a C function of a module that is not a table", message(0, 1, string.char(T.CFUNC) .. cname("_G") .. cname("_VERSION")) },
+  { "a C function name of 256 bytes", message(0, 1, string.char(T.CFUNC) .. cname(("s"):rep(256)) .. cname("f")) },
+  { "an empty C function name", message(0, 1, string.char(T.CFUNC) .. cname("") .. cname("rep")) },
+  { "a C function name past the end", message(0, 1, string.char(T.CFUNC, 20) .. "string") },
+  { "a C function without its field", message(0, 1, string.char(T.CFUNC) .. cname("string")) },
   { "tag 16", message(0, 1, "\16") },
   { "tag 255", message(0, 1, "\255") },
 }
@@ -243,6 +248,8 @@ describe("fuzz regressions", function()
       "TABLE is no longer narr:u32 nhash:u32: update spec/fuzz/make_corpus.lua")
     assert.are.equal(message(1, 1, tbl(1, 1) .. string.char(T.TRUE, T.STR, 1) .. "k"
       .. string.char(T.FALSE, 0)), loom.encode { true, k = false })
+    assert.are.equal(message(0, 1, string.char(T.CFUNC) .. cname("string") .. cname("rep")),
+      loom.encode(string.rep), "CFUNC is no longer len module len field: update spec/fuzz/make_corpus.lua")
   end)
 
   describe("inputs the fuzzer found (" .. REGRESSIONS .. ")", function()

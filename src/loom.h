@@ -53,7 +53,10 @@
 #define LOOM_CHANNEL  "loom.Channel"
 #define LOOM_ERROR    "loom.Error"
 #define LOOM_SCRATCH  "loom.Scratch"
-#define LOOM_CFUNCS   "loom.cfuncs"    /* fnptr <-> "lib.name", per state */
+#define LOOM_CFUNCS   "loom.cfuncs"    /* C function -> its encoded name */
+
+/* Longest module or field name by which a C function crosses. */
+#define LOOM_CNAME_MAX 255
 
 /* Deepest nesting of tables/functions the copier accepts. */
 #define LOOM_MAX_DEPTH 200000
@@ -181,7 +184,8 @@ LOOM_API void loom_pusherror(lua_State *L, const char *kind,
 ** raises or gives no string, "(error object is a T value)", as lua.c
 ** says.  Raises only on a memory error.  Needs 3 free stack slots. */
 LOOM_API const char *loom_pushtext(lua_State *L, int idx);
-/* Build the C function name map of a state (idempotent). */
+/* Build (again) the map of a state from the C functions that are fields
+** of modules in package.loaded to the names they cross by. */
 LOOM_API void loom_cfuncs_init(lua_State *L);
 
 /* -------------------------------------------------------------- channel */
@@ -369,6 +373,21 @@ LOOM_API int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o);
 
 typedef struct loom_pool loom_pool;
 
+/* A host's C module loaders: the creator's package.preload entries that
+** are C functions without upvalues, for thread workers (a function
+** pointer is valid in the whole process).  One block; a NULL name ends
+** the list.  loom_preload_collect reads them from the table at idx (the
+** registry's _PRELOAD); it never raises: NULL when there are none (or no
+** memory). */
+typedef struct loom_preload {
+  const char *name;
+  lua_CFunction open;
+} loom_preload;
+LOOM_API loom_preload *loom_preload_collect(lua_State *L, int idx);
+/* Put them in the package.preload of a fresh state L, before its
+** libraries are opened: NULL, or the error text (owned). */
+LOOM_API char *loom_task_preload(lua_State *L, const loom_preload *pl);
+
 typedef struct loom_pool_config {
   int workers;
   const char *name;        /* thread name prefix, may be NULL */
@@ -376,6 +395,7 @@ typedef struct loom_pool_config {
   size_t memory_limit;     /* bytes per worker state; 0: no limit */
   const char *path, *cpath;
   loom_msg *init;          /* function + init_args, or NULL (taken) */
+  loom_preload *preload;   /* or NULL (taken, freed with loom_free) */
 } loom_pool_config;
 
 /* A thread pool with its workers started; NULL with *err set on error. */

@@ -89,6 +89,7 @@ static int executor_new(lua_State *L) {
   xhandle *x;
   const char *err;
   lua_Integer n;
+  int preload;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   n = optint(L, "workers", 0);
@@ -118,6 +119,8 @@ static int executor_new(lua_State *L) {
   }
   cfg.path = lua_tostring(L, -2);
   cfg.cpath = lua_tostring(L, -1);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  preload = lua_gettop(L);
   loom_sched_reserve(L);
   cfg.init = NULL;
   if (!lua_isnil(L, 3)) {
@@ -134,9 +137,11 @@ static int executor_new(lua_State *L) {
     cfg.init = loom_encode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0, 1);
     lua_settop(L, base);
   }
-  x->sched = loom_pool_new(&cfg, &err);   /* takes cfg.init */
+  cfg.preload = loom_preload_collect(L, preload);   /* never raises */
+  x->sched = loom_pool_new(&cfg, &err);   /* takes cfg.init, cfg.preload */
   if (x->sched == NULL) {
     loom_msg_free(cfg.init);
+    loom_free(cfg.preload);
     return luaL_error(L, "cannot create the executor: %s", err);
   }
   loom_sched_keep(L, x->sched);

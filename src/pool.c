@@ -48,6 +48,7 @@ struct loom_pool {
   worker *workers;
   char *name, *path, *cpath;
   loom_msg *init;          /* function and init_args, or NULL */
+  loom_preload *preload;   /* the creator's C module loaders, or NULL */
 };
 
 #define POOL(s) ((loom_pool *)(s))
@@ -58,6 +59,7 @@ static void pool_free(loom_sched *s) {
   pthread_cond_destroy(&p->work);
   pthread_cond_destroy(&p->exited);
   loom_msg_free(p->init);
+  loom_free(p->preload);
   loom_free(p->broken);
   loom_free(p->workers);
   loom_free(p->name);
@@ -133,7 +135,8 @@ static void *worker_main(void *arg) {
   name_thread(p, wk->index);
   L = lua_newstate(loom_lua_alloc, NULL);
   if (L == NULL) broken = loom_strdup("cannot create a worker state");
-  else broken = loom_task_setup(L, p->path, p->cpath, p->init);
+  else if ((broken = loom_task_preload(L, p->preload)) == NULL)
+    broken = loom_task_setup(L, p->path, p->cpath, p->init);
   if (broken != NULL || L == NULL) {
     worker_broken(p, broken);
     if (L) lua_close(L);
@@ -333,6 +336,8 @@ loom_sched *loom_pool_new(loom_pool_config *cfg, const char **err) {
   p->nworkers = cfg->workers;
   p->init = cfg->init;
   cfg->init = NULL;
+  p->preload = cfg->preload;
+  cfg->preload = NULL;
   p->workers = (worker *)loom_malloc(sizeof(worker) * (size_t)cfg->workers);
   if ((cfg->name && (p->name = loom_strdup(cfg->name)) == NULL)
       || (cfg->path && (p->path = loom_strdup(cfg->path)) == NULL)

@@ -325,3 +325,75 @@ char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
   return err;
 }
 
+
+/* ------------------------------------------------------------- preload */
+
+/* The value at the top is a C function with no upvalue (pops nothing). */
+static int plain_cfunction(lua_State *L) {
+  if (lua_tocfunction(L, -1) == NULL) return 0;
+  if (lua_getupvalue(L, -1, 1) == NULL) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+loom_preload *loom_preload_collect(lua_State *L, int idx) {
+  loom_preload *pl;
+  char *names;
+  size_t n = 0, bytes = 0, len;
+  /* lua_next and reading string keys neither allocate nor raise */
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_checkstack(L, 4)) return NULL;
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {   /* count them, and the bytes of the names */
+    if (lua_type(L, -2) == LUA_TSTRING && plain_cfunction(L)) {
+      lua_tolstring(L, -2, &len);
+      n++;
+      bytes += len + 1;
+    }
+    lua_pop(L, 1);
+  }
+  pl = n == 0 || n > 100000 ? NULL
+       : (loom_preload *)loom_malloc((n + 1) * sizeof *pl + bytes);
+  if (pl == NULL) return NULL;
+  names = (char *)(pl + n + 1);
+  n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) == LUA_TSTRING && plain_cfunction(L)) {
+      const char *s = lua_tolstring(L, -2, &len);
+      memcpy(names, s, len + 1);
+      pl[n].name = names;
+      pl[n].open = lua_tocfunction(L, -1);
+      names += len + 1;
+      n++;
+    }
+    lua_pop(L, 1);
+  }
+  pl[n].name = NULL;
+  return pl;
+}
+
+/* Protected: [1] = the list; registry._PRELOAD, which the package
+** library will take as package.preload, gets each loader. */
+static int task_preload(lua_State *L) {
+  const loom_preload *pl = (const loom_preload *)lua_touserdata(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (; pl->name != NULL; pl++) {
+    lua_pushcfunction(L, pl->open);
+    lua_setfield(L, -2, pl->name);
+  }
+  return 0;
+}
+
+char *loom_task_preload(lua_State *L, const loom_preload *pl) {
+  char *err = NULL;
+  if (pl == NULL) return NULL;
+  lua_pushcfunction(L, task_preload);
+  lua_pushlightuserdata(L, (void *)pl);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    err = safe_error_text(L, -1);
+    if (err == NULL) err = loom_strdup("not enough memory");
+  }
+  lua_settop(L, 0);
+  return err;
+}

@@ -12,7 +12,7 @@
 **          | TABLE narr:u32 nhash:u32 value{narr} (key value){nhash}
 **                  hasmeta:u8 [value]
 **          | FUNC len bytecode nups:u8 upvalue{nups}
-**          | CFUNC len "lib.name"
+**          | CFUNC len module len field  -- package.loaded[module][field]
 **          | REF index            -- a table/function seen before
 **          | ENV                  -- the receiving state's globals
 **          | CHAN index           -- msg->refs[index], by reference
@@ -37,7 +37,7 @@
 #include "loom.h"
 
 #define MAGIC "LOOM"
-#define VERSION 2   /* bump on every change of the format */
+#define VERSION 3   /* bump on every change of the format */
 #define HEADER_LEN 9   /* magic, version, nobjs */
 
 enum {   /* the scalars come first, up to T_STR (d_item relies on it) */
@@ -432,17 +432,25 @@ static int e_seen(encoder *e) {
   return r;
 }
 
-static const char *cfunc_name(encoder *e) {
+static void cfuncs_scan(lua_State *L, int map);
+
+/* The encoded name (len module len field) of the C function at the top,
+** pushed above it, or NULL (nothing pushed).  A function not in the map
+** may belong to a module loaded since it was built: scan again. */
+static const char *cfunc_name(encoder *e, size_t *len) {
   lua_State *L = e->L;
-  lua_CFunction fn = lua_tocfunction(L, -1);
-  const char *name = NULL;
-  int cfuncs;
-  if (fn == NULL) return NULL;
-  cfuncs = e_slot(e, S_CFUNCS);
-  lua_pushlightuserdata(L, (void *)(size_t)fn);  /* key by pointer value */
-  if (lua_rawget(L, cfuncs) == LUA_TSTRING) name = lua_tostring(L, -1);
-  lua_pop(L, 1);  /* the name string stays alive in the map */
-  return name;
+  int cfuncs = e_slot(e, S_CFUNCS);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, cfuncs) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    cfuncs_scan(L, cfuncs);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, cfuncs) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      return NULL;
+    }
+  }
+  return lua_tolstring(L, -1, len);
 }
 
 /*
@@ -799,15 +807,14 @@ static void e_item(encoder *e) {
         return;  /* stays on the stack */
       }
       if (lua_iscfunction(L, -1)) {
-        const char *name = cfunc_name(e);
         size_t len;
+        const char *name = cfunc_name(e, &len);
         if (name == NULL)
-          e_error(e, "cannot transfer a C function that is not part of "
-                     "a standard library");
-        len = strlen(name);
+          e_error(e, "cannot transfer a C function that is not a field "
+                     "of a module in package.loaded");
         e_byte(e, T_CFUNC);
-        e_varint(e, len);
-        e_bytes(e, name, len);
+        e_bytes(e, name, len);   /* already encoded: len module len field */
+        lua_pop(L, 1);
         break;
       }
       if (!lua_checkstack(L, 6)) e_error(e, "value nested too deeply");
@@ -1237,6 +1244,66 @@ static void d_proto(decoder *d, loom_proto *p) {
 ** Read one item and push it.  Returns 1 if it opened a frame (the new
 ** object stays at the top and the frame fills it), else 0.
 */
+/* Protected: [1] a module name; require it. */
+static int require_k(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* A name of a C function's module or field: len bytes. */
+static void d_cname(decoder *d) {
+  uint64_t len = d_varint(d);
+  if (len == 0 || len > LOOM_CNAME_MAX || len > d_left(d))
+    d_error(d, "bad C function name");
+  lua_pushlstring(d->L, (const char *)d->p, (size_t)len);
+  d->p += len;
+}
+
+/*
+** CFUNC: push package.loaded[module][field].  A module that is not loaded
+** is required, but only from a trusted message (functions allowed): an
+** untrusted one must not make the receiver load code.
+*/
+static void d_cfunc(decoder *d) {
+  lua_State *L = d->L;
+  int top = lua_gettop(L), mod = top + 1, fld = top + 2;
+  if (!lua_checkstack(L, 8)) d_error(d, "nesting too deep");
+  d_cname(d);
+  d_cname(d);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, mod);
+  if (lua_rawget(L, -2) != LUA_TTABLE) {
+    int st;
+    if (!d->functions)
+      loom_raise(L, "transfer", "C function '%s.%s': module '%s' is not "
+                 "loaded (decode with {functions = true} to require it)",
+                 lua_tostring(L, mod), lua_tostring(L, fld),
+                 lua_tostring(L, mod));
+    lua_pop(L, 1);
+    lua_pushcfunction(L, require_k);
+    lua_pushvalue(L, mod);
+    if ((st = lua_pcall(L, 1, 1, 0)) != LUA_OK) {
+      if (st == LUA_ERRMEM) lua_error(L);
+      loom_raise(L, "transfer", "C function '%s.%s': cannot load module "
+                 "'%s': %s", lua_tostring(L, mod), lua_tostring(L, fld),
+                 lua_tostring(L, mod), loom_pushtext(L, -1));
+    }
+    if (lua_type(L, -1) != LUA_TTABLE)
+      loom_raise(L, "transfer", "C function '%s.%s': module '%s' is not "
+                 "a table", lua_tostring(L, mod), lua_tostring(L, fld),
+                 lua_tostring(L, mod));
+  }
+  lua_pushvalue(L, fld);
+  if (lua_rawget(L, -2) != LUA_TFUNCTION)
+    loom_raise(L, "transfer", "C function '%s.%s': module '%s' has no "
+               "function '%s'", lua_tostring(L, mod), lua_tostring(L, fld),
+               lua_tostring(L, mod), lua_tostring(L, fld));
+  lua_replace(L, mod);
+  lua_settop(L, mod);
+}
+
 static int d_item(decoder *d, int upvalue) {
   lua_State *L = d->L;
   int tag;
@@ -1311,20 +1378,9 @@ static int d_item(decoder *d, int upvalue) {
       f->i = 0;
       return 1;
     }
-    case T_CFUNC: {
-      uint64_t len = d_varint(d);
-      if (len > d_left(d) || len > 64) d_error(d, "bad C function name");
-      if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        loom_cfuncs_init(L);
-        lua_getfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
-      }
-      lua_pushlstring(L, (const char *)d->p, (size_t)len);
-      d->p += len;
-      if (lua_rawget(L, -2) != LUA_TFUNCTION) d_error(d, "unknown C function");
-      lua_remove(L, -2);
+    case T_CFUNC:
+      d_cfunc(d);
       return 0;
-    }
     case T_REF: {
       uint64_t k = d_varint(d);
       if (k >= (uint64_t)d->nobjs) d_error(d, "bad reference");
@@ -1510,50 +1566,122 @@ int loom_decode(lua_State *L, const unsigned char *p, size_t len,
 /* ------------------------------------------------------- C function map */
 
 /*
-** C functions cross by name.  Each state keeps, in the registry, a map
-** both ways between the standard libraries' C functions and
-** "lib.name", built from package.loaded when first needed (for a worker,
-** before any user code runs).
+** C functions cross by name: one that is a field of a module in
+** package.loaded crosses as (module, field), and the receiver takes
+** package.loaded[module][field] (see d_cfunc).  Each state keeps, in the
+** registry, a map from such functions to their encoded names (weak
+** keys), built from package.loaded when first needed (for a worker,
+** before any user code runs) and scanned again for a function not in it.
+** The first name found wins: the standard libraries come first.  Of _G
+** only the base library counts: a global C function set by a host or a
+** program is no module's field, and a worker would not have it.
 */
-void loom_cfuncs_init(lua_State *L) {
-  static const char *const libs[] = {
-    "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
-    "debug", "package", "loom.core", NULL
-  };
-  int i, map, loaded, lib;
+static const char *const std_libs[] = {
+  "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
+  "debug", "package", "loom.core", NULL
+};
+
+static const char *const base_funcs[] = {
+  "assert", "collectgarbage", "dofile", "error", "getmetatable", "ipairs",
+  "load", "loadfile", "next", "pairs", "pcall", "print", "rawequal",
+  "rawget", "rawlen", "rawset", "require", "select", "setmetatable",
+  "tonumber", "tostring", "type", "warn", "xpcall", NULL
+};
+
+/* len (a varint of at most 2 bytes) and the bytes of s */
+static size_t put_cname(unsigned char *p, const char *s, size_t len) {
+  size_t k = 0;
+  if (len >= 0x80) {
+    p[k++] = (unsigned char)((len & 0x7f) | 0x80);
+    p[k++] = (unsigned char)(len >> 7);
+  }
+  else p[k++] = (unsigned char)len;
+  memcpy(p + k, s, len);
+  return k + len;
+}
+
+/* Map the C function at the top, field 'fld' of module 'mod', unless
+** it has a name already.  Leaves the stack as it was. */
+static void cfuncs_add(lua_State *L, int map, const char *mod, size_t ml,
+                       const char *fld, size_t fl) {
+  unsigned char buf[2 * (LOOM_CNAME_MAX + 2)];
+  size_t n;
+  if (ml == 0 || ml > LOOM_CNAME_MAX || fl == 0 || fl > LOOM_CNAME_MAX)
+    return;
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, map) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  n = put_cname(buf, mod, ml);
+  n += put_cname(buf + n, fld, fl);
+  lua_pushvalue(L, -1);
+  lua_pushlstring(L, (const char *)buf, n);
+  lua_rawset(L, map);
+}
+
+/* Map the C functions of the module at the top, named by the string at
+** 'name' (every string field, or only those in 'only'). */
+static void cfuncs_module(lua_State *L, int map, int name,
+                          const char *const *only) {
+  int lib = lua_gettop(L);
+  size_t ml, fl;
+  const char *mod = lua_tolstring(L, name, &ml);
+  if (only != NULL) {
+    for (; *only != NULL; only++) {
+      lua_pushstring(L, *only);
+      if (lua_rawget(L, lib) == LUA_TFUNCTION && lua_iscfunction(L, -1))
+        cfuncs_add(L, map, mod, ml, *only, strlen(*only));
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, lib)) {   /* lib, key, value */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      const char *fld = lua_tolstring(L, -2, &fl);
+      cfuncs_add(L, map, mod, ml, fld, fl);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Add every C function of a module in package.loaded to the map. */
+static void cfuncs_scan(lua_State *L, int map) {
+  int i, loaded, globals, top = lua_gettop(L);
+  map = lua_absindex(L, map);
   luaL_checkstack(L, 8, NULL);
-  lua_newtable(L);
-  map = lua_gettop(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   loaded = lua_gettop(L);
-  for (i = 0; libs[i] != NULL; i++) {
-    if (lua_getfield(L, loaded, libs[i]) != LUA_TTABLE) {
-      lua_pop(L, 1);
-      continue;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  globals = lua_gettop(L);
+  for (i = 0; std_libs[i] != NULL; i++) {
+    lua_pushstring(L, std_libs[i]);
+    if (lua_rawget(L, loaded) == LUA_TTABLE) {
+      lua_pushstring(L, std_libs[i]);
+      lua_insert(L, -2);
+      cfuncs_module(L, map, -2, i == 0 ? base_funcs : NULL);
     }
-    lib = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, lib)) {   /* lib, key, value */
-      if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-        void *ptr = (void *)(size_t)lua_tocfunction(L, -1);
-        lua_pushfstring(L, "%s.%s", libs[i], lua_tostring(L, -2));
-        lua_pushvalue(L, -1);
-        lua_pushvalue(L, -3);
-        lua_rawset(L, map);                   /* name -> function */
-        lua_pushlightuserdata(L, ptr);
-        if (lua_rawget(L, map) == LUA_TNIL) { /* first name wins */
-          lua_pop(L, 1);
-          lua_pushlightuserdata(L, ptr);
-          lua_pushvalue(L, -2);
-          lua_rawset(L, map);                 /* pointer -> name */
-        }
-        else lua_pop(L, 1);
-        lua_pop(L, 1);                        /* name */
-      }
-      lua_pop(L, 1);                          /* value */
-    }
-    lua_pop(L, 1);                            /* lib */
+    lua_settop(L, globals);
   }
-  lua_pop(L, 1);                              /* loaded */
+  lua_pushnil(L);
+  while (lua_next(L, loaded)) {   /* loaded, name, module */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE
+        && !lua_rawequal(L, -1, globals))
+      cfuncs_module(L, map, -2, NULL);
+    lua_settop(L, globals + 1);
+  }
+  lua_settop(L, top);
+}
+
+void loom_cfuncs_init(lua_State *L) {
+  luaL_checkstack(L, 4, NULL);
+  lua_newtable(L);                 /* function -> encoded name, weak */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  cfuncs_scan(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, LOOM_CFUNCS);
 }

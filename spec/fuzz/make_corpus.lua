@@ -40,6 +40,9 @@ local function varint(n)
 end
 M.varint = varint
 
+-- A module or field name of a C function: its length, then its bytes.
+function M.cname(s) return varint(#s) .. s end
+
 --- The start of a table item in a hand-made message: its tag and counts.
 --- (spec/fuzz_regressions_spec.lua checks this against loom.encode.)
 function M.table_header(narr, nhash)
@@ -240,7 +243,7 @@ function M.messages()
   add("reference before its object", M.message(1, 1, string.char(T.REF, 0)))
   add("table inside its own metatable", M.message(1, 1,
     M.table_header(0, 0) .. string.char(1, T.REF, 0)), true)
-  add("unknown C function", M.message(0, 1, string.char(T.CFUNC, 7) .. "nowhere"))
+  add("unknown C function", M.message(0, 1, string.char(T.CFUNC) .. M.cname("nowhere") .. M.cname("f")))
   add("env and errmt", M.message(1, 1,
     M.table_header(2, 0) .. string.char(T.ENV, T.ERRMT, 1, T.ERRMT)), true)
   add("array of mixed numbers", M.message(1, 1, M.table_header(5, 0)
