@@ -110,6 +110,15 @@ local function w1(runs)
     map256 = function()
       for _, r in ex:map { inc, seq, chunksize = 256 } do sink = sink + r end
     end,
+    -- the same with a progress callback: what reporting costs the loop
+    map256p = function()
+      local calls = 0
+      for _, r in ex:map { inc, seq, chunksize = 256,
+                           progress = function() calls = calls + 1 end } do
+        sink = sink + r
+      end
+      sink = sink + calls
+    end,
     -- diagnostic: the cheapest loop over N results that an iterator can
     -- give (ipairs, in C, over a ready table), a floor for map's own loop
     ipairs = function()
@@ -117,7 +126,7 @@ local function w1(runs)
       for _, r in ipairs(seq) do s = s + r end
       sink = sink + s
     end,
-  }, { "serial", "submit", "map256", "ipairs" })
+  }, { "serial", "submit", "map256", "map256p", "ipairs" })
   samples.n = N
   return samples
 end

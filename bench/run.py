@@ -118,6 +118,7 @@ def figures(lua, py, lua_mem, py_mem):
     rate("w1.lua.serial", lua["w1"]["serial"], n, "calls/s")
     rate("w1.loom.submit", lua["w1"]["submit"], n, "tasks/s")
     rate("w1.loom.map256", lua["w1"]["map256"], n, "calls/s")
+    rate("w1.loom.map256p", lua["w1"]["map256p"], n, "calls/s")
     rate("w1.lua.ipairs", lua["w1"]["ipairs"], n, "values/s")
     rate("w1.py.serial", py["w1"]["serial"], n, "calls/s")
     rate("w1.pyT.submit", py["w1"]["thread_submit"], n, "tasks/s")
@@ -189,6 +190,10 @@ def table_rows(fig, lua, py):
         ("loom map chunksize=256", "w1.loom.map256", "w1.lua.serial",
          "w1.pyT.map", "w1.pyP.map256",
          [target(">= 0.5x serial", v("w1.loom.map256") / v("w1.lua.serial"), ">=", 0.5)]),
+        ("loom map chunksize=256, progress=fn", "w1.loom.map256p", "w1.lua.serial",
+         None, None,
+         [target(f"{v('w1.loom.map256p') / v('w1.loom.map256'):.2f}x the rate "
+                 "without progress")]),
         ("(diag.) ipairs over a ready table", "w1.lua.ipairs", "w1.lua.serial",
          None, None, [target("a floor for any map loop")]),
         ("Python serial loop", "w1.py.serial", "w1.lua.serial", None, None, []),

@@ -190,9 +190,9 @@ describe("a host's C modules", function()
     require_host()
     local linked = require "loomtest_linked"
     local s = helpers.scope(finally)
-    local ex = s:executor { workers = 2, init = function() LINKED = require("loomtest_linked").tag() end }
+    local ex = s:executor { workers = 2, init = function() LINKED = require("loomtest_linked").tag() end } -- luacheck: ignore
     assert.are.equal(15, ex:submit(linked.triple, 5):result(helpers.PATIENCE))
-    assert.are.same({ "linked", "linked" }, { ex:submit(function(f) return f(), LINKED end, linked.tag)
+    assert.are.same({ "linked", "linked" }, { ex:submit(function(f) return f(), LINKED end, linked.tag) -- luacheck: ignore
       :result(helpers.PATIENCE) })
   end)
 

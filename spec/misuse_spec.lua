@@ -119,7 +119,7 @@ describe("misuse: loom.executor", function()
       local fx = fixture(finally)
       local v = make(fx)
       string_error_with({ "bad argument #1 to 'executor' (table or number expected, got "
-        .. type(v) .. ")" }, function() loom.executor(v) end)
+        .. luaname(v) .. ")" }, function() loom.executor(v) end)
     end)
   end)
 
@@ -149,7 +149,7 @@ describe("misuse: loom.executor", function()
       local fx = fixture(finally)
       local v = make(fx)
       string_error_with({ "bad argument #1 to 'executor'", "init must be a function, got "
-        .. type(v) }, function() loom.executor { workers = 1, init = v } end)
+        .. luaname(v) }, function() loom.executor { workers = 1, init = v } end)
     end)
   end)
 
@@ -158,7 +158,7 @@ describe("misuse: loom.executor", function()
       local fx = fixture(finally)
       local v = make(fx)
       string_error_with({ "bad argument #1 to 'executor'", "init_args must be a table, got "
-        .. type(v) }, function()
+        .. luaname(v) }, function()
         loom.executor { workers = 1, init = function() end, init_args = v }
       end)
     end)
@@ -170,7 +170,7 @@ describe("misuse: loom.executor", function()
       local fx = fixture(finally)
       local v = make(fx)
       string_error_with({ "bad argument #1 to 'executor'", "name must be a string, got "
-        .. type(v) }, function() loom.executor { workers = 1, name = v } end)
+        .. luaname(v) }, function() loom.executor { workers = 1, name = v } end)
     end)
   end)
 
@@ -317,7 +317,7 @@ describe("misuse: loom.wait options", function()
     it("rejects " .. label .. " as the options", function()
       local fx = fixture(finally)
       local v = make(fx)
-      string_error_with({ "bad argument #2 to 'wait' (table expected, got " .. type(v) .. ")" },
+      string_error_with({ "bad argument #2 to 'wait' (table expected, got " .. luaname(v) .. ")" },
         function() loom.wait({ fx.fut }, v) end)
     end)
   end)
@@ -326,14 +326,14 @@ describe("misuse: loom.wait options", function()
     it("rejects timeout = " .. label, function()
       local fx = fixture(finally)
       local v = make(fx)
-      string_error_with({ "bad argument #2 to 'wait' (number expected, got " .. type(v) .. ")" },
-        function() loom.wait({ fx.fut }, { timeout = v }) end)
+      string_error_with({ "bad argument #2 to 'wait' (timeout must be a number of seconds, got "
+        .. luaname(v) }, function() loom.wait({ fx.fut }, { timeout = v }) end)
     end)
   end)
 
   it("rejects timeout = NaN", function()
     local fx = fixture(finally)
-    string_error_with({ "bad argument #2 to 'wait' (timeout is NaN)" },
+    string_error_with({ "bad argument #2 to 'wait' (timeout must not be NaN)" },
       function() loom.wait({ fx.fut }, { timeout = NAN }) end)
   end)
 
@@ -570,14 +570,14 @@ describe("misuse: ex:map", function()
     it("rejects timeout = " .. label, function()
       local fx = fixture(finally)
       local v = make(fx)
-      string_error_with({ "bad argument #1 to 'map' (number expected, got " .. type(v) .. ")" },
-        function() fx.ex:map { function(x) return x end, { 1 }, timeout = v } end)
+      string_error_with({ "bad argument #1 to 'map' (timeout must be a number of seconds, got "
+        .. luaname(v) }, function() fx.ex:map { function(x) return x end, { 1 }, timeout = v } end)
     end)
   end)
 
   it("rejects timeout = NaN", function()
     local fx = fixture(finally)
-    string_error_with({ "bad argument #1 to 'map' (timeout is NaN)" },
+    string_error_with({ "bad argument #1 to 'map' (timeout must not be NaN)" },
       function() fx.ex:map { function(x) return x end, { 1 }, timeout = NAN } end)
   end)
 
@@ -684,8 +684,8 @@ describe("misuse: ex:shutdown and ex:close", function()
       it("rejects " .. field .. " = " .. case[1] .. " and leaves the executor working", function()
         local fx = fixture(finally)
         local msg = helpers.string_error(function() fx.ex:shutdown { [field] = case[2] } end)
-        assert_contains(msg, "'" .. field .. "'")
-        assert_contains(msg, "boolean expected, got " .. type(case[2]))
+        assert_contains(msg, "bad argument #1 to 'shutdown' (" .. field .. " must be a boolean, got "
+          .. luaname(case[2]))
         assert.are.equal(7, fx.ex:submit(function() return 7 end):result())
       end)
     end

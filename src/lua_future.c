@@ -150,6 +150,38 @@ static void raise_state(lua_State *L, loom_future *f) {
     loom_raise(L, "cancelled", "the future was cancelled");
 }
 
+/*
+** A task's string error about a global that is nil in the worker
+** ("attempt to index a nil value (global 'CONFIG')") while this state,
+** which submitted the task, has it set: add a note to the message, as
+** workers have globals of their own.  Only the calling state can tell.
+** The error value is at idx; nothing else changes.
+*/
+static void note_global(lua_State *L, int idx) {
+  static const char pat[] = "a nil value (global '";
+  const char *msg, *name, *end;
+  int top = lua_gettop(L);
+  if (lua_type(L, idx) != LUA_TSTRING) return;
+  msg = lua_tostring(L, idx);
+  if ((name = strstr(msg, pat)) == NULL) return;
+  name += sizeof pat - 1;
+  if ((end = strchr(name, '\'')) == NULL) return;
+  idx = lua_absindex(L, idx);
+  luaL_checkstack(L, 4, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  lua_pushlstring(L, name, (size_t)(end - name));
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushlstring(L, name, (size_t)(end - name));
+    lua_pushfstring(L, "%s\n(loom: each worker has its own globals; "
+                    "'%s' is set only in the state that submitted the task: "
+                    "pass it as an argument or an upvalue, or set it in the "
+                    "executor's init)", msg, lua_tostring(L, -1));
+    lua_replace(L, idx);
+  }
+  lua_settop(L, top);
+}
+
 /* Push the future's outcome: n results, or (error value, traceback). */
 static int push_outcome(lua_State *L, loom_future *f) {
   if (f->out.errkind) {
@@ -167,6 +199,7 @@ static int push_outcome(lua_State *L, loom_future *f) {
   }
   {
     int n = loom_decode(L, f->out.result->data, f->out.result->len, 1, f->out.result);
+    if (f->out.failed) note_global(L, -2);
     return f->out.failed ? -1 : n;
   }
 }
@@ -202,13 +235,33 @@ static int future_result(lua_State *L) {
 ** record, 2 the futures (one per call for chunksize 1, else one per
 ** chunk; each is dropped once its results are taken), 3 a mapiter, 4 the current chunk's result list
 ** {extras, r1, ...} (see run_chunk in task.c), 5 its extras (nil when
-** every call gave one result).
+** every call gave one result), 6 the progress function or nil.
 */
 typedef struct mapiter {
   lua_Integer i, n, chunksize;   /* calls yielded, calls in all, per task */
   lua_Integer chunk;             /* the chunk in upvalue 4 */
   double deadline;               /* monotonic seconds; < 0: none */
+  int progress;                  /* upvalue 6 is a function */
+  int ended;                     /* it was told done == total */
+  double next_report;            /* monotonic seconds */
 } mapiter;
+
+/* Seconds between two progress reports: a few a second. */
+#define PROGRESS_EVERY 0.2
+
+/* progress(done, total): at the first step, at most every PROGRESS_EVERY
+** seconds after, and once at the end, in the caller's thread. */
+static void map_progress(lua_State *L, mapiter *it) {
+  double now = loom_now();
+  int end = it->i >= it->n;
+  if (end ? it->ended : it->i > 0 && now < it->next_report) return;
+  it->ended = end;
+  it->next_report = now + PROGRESS_EVERY;
+  lua_pushvalue(L, lua_upvalueindex(6));
+  lua_pushinteger(L, it->i);
+  lua_pushinteger(L, it->n);
+  lua_call(L, 2, 0);
+}
 
 /* Wait for future k and push its results after slot 1, which it takes
 ** (results expects [future, timeout]); returns their number. */
@@ -233,6 +286,7 @@ static void forget(lua_State *L, lua_Integer k) {
 static int map_step(lua_State *L) {
   mapiter *it = (mapiter *)lua_touserdata(L, lua_upvalueindex(3));
   lua_Integer k, j;
+  if (it->progress) map_progress(L, it);
   if (it->i >= it->n) return 0;
   it->i++;
   if (it->chunksize == 1) {   /* plain tasks: their results as they are */
@@ -271,6 +325,7 @@ static int map_step(lua_State *L) {
   lua_getfield(L, lua_upvalueindex(5), "fail");
   if (lua_tointeger(L, -1) == j) {
     lua_getfield(L, lua_upvalueindex(5), "err");
+    note_global(L, -1);
     return lua_error(L);
   }
   lua_pop(L, 1);
@@ -278,24 +333,30 @@ static int map_step(lua_State *L) {
   return 2;
 }
 
-/* core._map_iter(futures, n, chunksize, deadline-or-nil): ex:map's step
-** function, over the futures made by _map_task. */
+/* core._map_iter(futures, n, chunksize, deadline-or-nil, progress-or-nil):
+** ex:map's step function, over the futures made by _map_task. */
 static int l_map_iter(lua_State *L) {
   mapiter *it;
   luaL_checktype(L, 1, LUA_TTABLE);
-  it = (mapiter *)lua_newuserdatauv(L, sizeof *it, 0);
+  if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TFUNCTION);
+  lua_settop(L, 5);
+  it = (mapiter *)lua_newuserdatauv(L, sizeof *it, 0);   /* 6 */
   it->i = 0;
   it->n = luaL_checkinteger(L, 2);
   it->chunksize = luaL_checkinteger(L, 3);
   luaL_argcheck(L, it->chunksize >= 1, 3, "chunksize must be >= 1");
   it->deadline = lua_isnoneornil(L, 4) ? -1 : luaL_checknumber(L, 4);
   it->chunk = 0;
+  it->progress = !lua_isnil(L, 5);
+  it->ended = 0;
+  it->next_report = 0;
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushvalue(L, 1);
-  lua_pushvalue(L, -3);
+  lua_pushvalue(L, 6);
   lua_pushnil(L);
   lua_pushnil(L);
-  lua_pushcclosure(L, map_step, 5);
+  lua_pushvalue(L, 5);
+  lua_pushcclosure(L, map_step, 6);
   return 1;
 }
 

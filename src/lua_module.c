@@ -280,6 +280,13 @@ static int l_cpu_count(lua_State *L) {
   return 1;
 }
 
+/* core._isatty(fd): whether the descriptor is a terminal (map's bar) */
+static int l_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_pushboolean(L, fd >= 0 && fd <= 1024 && isatty((int)fd));
+  return 1;
+}
+
 static int l_clock(lua_State *L) {
   lua_pushnumber(L, (lua_Number)loom_now());
   return 1;
@@ -364,6 +371,7 @@ static const luaL_Reg funcs[] = {
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},
   {"_inplace_arrays", l_inplace_arrays},
+  {"_isatty", l_isatty},
   {NULL, NULL}
 };
 

@@ -154,7 +154,7 @@ local function values()
   add("library utf8", utf8)
   add("library coroutine", coroutine)
   add("library os", os)
-  add("loom module functions", { loom.encode, loom.decode, loom.channel, loom.cpu_count })
+  add("loom module functions", { loom.encode, require("loom.core").decode, loom.channel, loom.cpu_count })
 
   -- the receiver's own: globals and the error class
   add("globals", _G)
