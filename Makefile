@@ -35,7 +35,7 @@ BUSTED_BIN  = $(shell command -v busted)
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
 
-.PHONY: all install test demo deps test-deps check lint asan tsan valgrind failpoints bench bench-plot fuzz soak clean
+.PHONY: all install test demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot fuzz soak clean
 
 all: $(SO)
 
@@ -84,9 +84,17 @@ rock: $(ROCKSPEC)
 deps:
 	@sh .ci/deps.sh
 
-# What the specs use beyond the build: lfs, a real C module (cfunc_spec).
+# What the specs use beyond the build: lfs, a real C module (cfunc_spec);
+# LDoc, to check that the reference documents every function (doc_spec).
 test-deps: deps
-	@sh .ci/deps.sh lua-filesystem
+	@sh .ci/deps.sh lua-filesystem ldoc
+
+# The API reference, from the LDoc comments of lua/loom/init.lua (see
+# config.ld), as HTML in $(DOCDIR).
+DOCDIR ?= build/doc
+doc:
+	@sh .ci/deps.sh ldoc
+	ldoc --fatalwarnings -d $(DOCDIR) .
 
 test: test-deps
 	@sh .ci/deps.sh liblua5.3-dev || echo "loom: no Lua 5.3 headers, so the version guard spec is pending"

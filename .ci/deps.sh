@@ -17,6 +17,9 @@ for p in "$@"; do
     valgrind) command -v valgrind >/dev/null 2>&1 || need="$need valgrind" ;;
     gnuplot) command -v gnuplot >/dev/null 2>&1 || need="$need gnuplot-nox" ;;
     python3) command -v python3 >/dev/null 2>&1 || need="$need python3" ;;
+    # make doc: LDoc, and the markdown module it formats comments with
+    ldoc) command -v ldoc >/dev/null 2>&1 || need="$need lua-ldoc"
+          dpkg -s lua-markdown >/dev/null 2>&1 || need="$need lua-markdown" ;;
     *) dpkg -s "$p" >/dev/null 2>&1 || need="$need $p" ;;
   esac
 done

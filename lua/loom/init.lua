@@ -1,7 +1,9 @@
---- loom: a parallel executor for Lua 5.4.
+-- loom: a parallel executor for Lua 5.4.
 -- The blocking primitives (submit, waiting on futures, channels, the
 -- value copier) are in C (`loom.core`); the conveniences that read better
--- in Lua (option parsing, `map`, `as_completed`, `wait`) are here.
+-- in Lua (option parsing, `map`, `as_completed`, `wait`) are here.  The
+-- API reference (`make doc`) is the LDoc block at the end of this file: it
+-- documents every public function, Lua or C, in one place.
 local core = require "loom.core"
 
 local type, error, ipairs = type, error, ipairs
@@ -276,7 +278,7 @@ local function construct(fn, ...)
   error(r, 0)
 end
 
---- loom.executor([opts]) -> executor
+-- loom.executor([opts]) -> executor
 -- opts: a number (= workers) or a table {workers, init, init_args, name,
 -- task_timeout, memory_limit}.
 function loom.executor(opts)
@@ -303,7 +305,7 @@ local function distinct(futures, fname)
   return list
 end
 
---- loom.as_completed(futures [, timeout]) -> iterator over futures
+-- loom.as_completed(futures [, timeout]) -> iterator over futures
 function loom.as_completed(futures, timeout)
   local list = distinct(futures, "as_completed")
   timeout = check_timeout(timeout, 2, "as_completed")
@@ -331,7 +333,7 @@ function loom.as_completed(futures, timeout)
   end
 end
 
---- loom.wait(futures [, opts]) -> done, not_done
+-- loom.wait(futures [, opts]) -> done, not_done
 local WAIT_OPTIONS = {
   timeout = rules.timeout,
   return_when = rules.one_of({ loom.FIRST_COMPLETED, loom.FIRST_EXCEPTION,
@@ -473,7 +475,7 @@ local function progress_bar()
   end
 end
 
---- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =,
+-- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =,
 -- progress =}
 -- Submits every call at once; iterates i, results... in input order.
 function Executor:map(fn, ...)
@@ -541,3 +543,399 @@ function Executor:map(fn, ...)
 end
 
 return loom
+
+--[==[ The API reference: `make doc` builds it with LDoc into build/doc/.
+Every public function is documented here, whether Lua (above) or C
+(src/lua_*.c); spec/doc_spec.lua checks that nothing the module exports
+is missing. --]==]
+
+---
+-- A parallel executor for Lua 5.4: Python's `concurrent.futures` for Lua.
+--
+-- A pool of workers, each with its own `lua_State`, runs Lua functions in
+-- parallel: native threads (`loom.executor`) or worker processes
+-- (`loom.process_executor`). `submit` and `map` queue calls and return
+-- futures; `as_completed`, `wait`, completion queues and the event loop
+-- adapters hand the results back. Arguments and results are copied
+-- between states.
+--
+--     local loom = require "loom"
+--     local ex <close> = loom.executor { workers = 4 }
+--     print(ex:submit(function(a, b) return a + b end, 1, 4):result())  --> 5
+--     for i, v in ex:map(function(x) return x * x end, {1, 2, 3}) do
+--       print(i, v)                                    --> 1 1 / 2 4 / 3 9
+--     end
+--
+-- **What crosses between states.** Copied exactly: nil, booleans, integers
+-- and floats (every bit), strings of any size, tables (cycles, shared
+-- subtables and metatables kept), Lua functions with their upvalues (a
+-- function's `_ENV` becomes the worker's globals). A C function crosses by
+-- name when it is a field of a module in `package.loaded` (`string.rep`,
+-- `lfs.attributes`, `loom.cpu_count`): the receiver `require`s the module
+-- and takes the field. A channel crosses by reference (threads only).
+-- Anything else (coroutines, userdata, a C function that is no module's
+-- field, such as a global a host registered) is refused with a `transfer`
+-- error that names its place, at `submit` (or `encode`) for an argument.
+-- Thread workers also get the creator's `package.preload` entries that are
+-- C functions, so a module a host links in can be required there.
+--
+-- **Workers** have the standard libraries, the creator's `package.path`
+-- and `package.cpath`, and globals of their own, which persist across the
+-- tasks a worker runs: a task that uses a global of the main script fails,
+-- and its error message says so. `os.exit` in a task fails the task;
+-- `print` writes whole lines.
+--
+-- **Argument errors** are Lua string errors at the caller's line. For a
+-- positional argument they read as Lua's own:
+--
+--     bad argument #1 to 'submit' (function expected, got nil)
+--
+-- For an options table they name the option, its type and its value, and
+-- an unknown option is named with the closest valid one:
+--
+--     bad argument #1 to 'executor' (workers must be an integer >= 1, got string "4")
+--     bad argument #1 to 'executor' (unknown option 'wrokers' (did you mean 'workers'?))
+--
+-- Conditions that loom raises are @{Error} values.
+-- @module loom
+
+--- Module functions
+-- @section module
+
+--- Make a thread pool: `workers` native threads, each with its own
+-- `lua_State`. When it is closed, collected or its state ends, it behaves
+-- as `shutdown{wait = true}`: no task is dropped and no worker outlives it.
+-- @tparam[opt] table|int opts the options, or a number: `{workers = n}`.
+-- An unknown option is an error.
+-- @tparam[opt=loom.cpu_count()] int opts.workers the number of workers,
+-- 1 to 4096 (a float with an integer value counts as that integer)
+-- @tparam[opt] function opts.init run once in every worker's state before
+-- its first task, with `init_args`; if it raises in any worker, the
+-- executor is `broken`
+-- @tparam[opt] table opts.init_args a sequence of arguments for `init`
+-- @tparam[opt="loom"] string opts.name the prefix of the worker threads'
+-- names
+-- @tparam[opt] number opts.task_timeout seconds a task may run (> 0;
+-- `math.huge`: no limit); an overdue task is stopped and its future fails
+-- with a `timeout` error
+-- @tparam[opt] int opts.memory_limit bytes each worker state may hold
+-- (> 0); past it, allocations fail, so a task fails with "not enough
+-- memory" and the worker goes on. `init` runs under it too
+-- @treturn Executor
+-- @raise a string error for a bad option; a `transfer` error when an
+-- `init_args` value cannot cross
+-- @usage local ex <close> = loom.executor { workers = 2, init = function(base) BASE = base end,
+--                                      init_args = { 100 } }
+-- print(ex:submit(function(x) return BASE + x end, 1):result())   --> 101
+-- @function executor
+
+--- Make a process pool: the same surface as @{executor}, on worker
+-- processes (started with `posix_spawn`, ended with their parent). A worker
+-- that dies fails its task with a `crashed` error and is replaced; a
+-- running task can be stopped however deep in C it is. Values cross in
+-- the same encoding; channels cannot cross into another process.
+-- @tparam[opt] table|int opts the options of @{executor}, and:
+-- @tparam[opt] int opts.max_tasks_per_child a worker exits after that many
+-- tasks and a fresh one replaces it
+-- @tparam[opt] string opts.interpreter the Lua 5.4 interpreter that runs
+-- the workers: by default the running `lua5.4`, else `lua5.4` from `PATH`
+-- @tparam[opt] int opts.memory_limit as for @{executor}, with an
+-- address-space limit as a backstop for memory that C code allocates
+-- @treturn Executor
+-- @function process_executor
+
+--- Iterate over futures as they complete (finished or cancelled): those
+-- already done first, each distinct future once.
+-- @tparam {Future,...} futures a sequence of futures (thread or process)
+-- @tparam[opt] number timeout seconds, counted from the call
+-- @treturn function an iterator for a generic `for`, yielding futures
+-- @raise a `timeout` error when `timeout` passes first, saying how many
+-- futures were unfinished ("2 (of 4) futures unfinished")
+-- @usage for f in loom.as_completed(futures, 10) do print(f:result()) end
+-- @function as_completed
+
+--- Wait until some or all of the futures complete.
+-- @tparam {Future,...} futures a sequence of futures
+-- @tparam[opt] table opts
+-- @tparam[opt] number opts.timeout seconds (a negative one is 0)
+-- @tparam[opt=ALL_COMPLETED] string opts.return_when @{FIRST_COMPLETED},
+-- @{FIRST_EXCEPTION} or @{ALL_COMPLETED}
+-- @treturn {Future,...} done: the futures that completed
+-- @treturn {Future,...} not_done: the others
+-- @usage local done, pending = loom.wait(futs, { return_when = loom.FIRST_COMPLETED })
+-- @function wait
+
+--- Make a channel: a thread-safe FIFO queue, the one value that crosses
+-- between thread workers by reference.
+-- @tparam[opt=0] int capacity the most values it holds (0: no limit)
+-- @treturn Channel
+-- @function channel
+
+--- Make a completion queue: it hands back the futures added to it in the
+-- order they complete, and can be waited on by an event loop (the cqueues
+-- polling protocol), like Java's `ExecutorCompletionService`.
+-- @treturn CompletionQueue
+-- @function completion_queue
+
+--- Run the done callbacks that are due in this state, without blocking.
+-- An event loop calls it when a completion queue's descriptor fires.
+-- @treturn int how many ran
+-- @function poll
+
+--- The number of online processors.
+-- @treturn int
+-- @function cpu_count
+
+--- The transfer format as a serializer: encode one value into a string.
+-- Channels cannot be encoded (a string cannot hold a reference).
+-- @param value any value that can cross
+-- @treturn string
+-- @raise a `transfer` error naming the place of a value that cannot
+-- @function encode
+
+--- Decode a string made by @{encode}. Malformed input gives a `transfer`
+-- error, never a crash. A C function of a module that is not loaded is
+-- required only with `functions = true`.
+-- @tparam string bytes
+-- @tparam[opt] table opts
+-- @tparam[opt=false] boolean opts.functions accept Lua functions
+-- (bytecode, which Lua does not verify: only for trusted input)
+-- @return the value
+-- @function decode
+
+--- `wait` returns when any future completes: `"first_completed"`.
+-- @field FIRST_COMPLETED
+
+--- `wait` returns when any future fails, or all complete:
+-- `"first_exception"`.
+-- @field FIRST_EXCEPTION
+
+--- `wait` returns when all futures complete (the default):
+-- `"all_completed"`.
+-- @field ALL_COMPLETED
+
+--- Errors
+-- @section errors
+
+--- The metatable of the errors loom raises for conditions (programming
+-- mistakes are string errors instead). Such an error is a table with two
+-- string fields, `kind` and `message`; `tostring(err)` shows both, as in
+-- `loom.timeout: the future did not finish in time`. Test for one with
+-- `getmetatable(err) == loom.Error`, then look at `err.kind`:
+--
+-- - `cancelled`: the future was cancelled (`result`, `exception`), or its
+--   task was stopped by `cancel{running = true}`.
+-- - `timeout`: a wait ran out of time (`result`, `exception`,
+--   `as_completed`, `map`), or a task ran past `task_timeout`.
+-- - `shutdown`: `submit` or `map` after `shutdown` ("cannot schedule new
+--   futures after shutdown").
+-- - `broken`: `init` failed, or a worker could not start; every future of
+--   the executor fails with it, carrying the reason.
+-- - `transfer`: a value cannot cross, and the message names its place, as
+--   in `argument #2: field 'conn': cannot transfer a userdata`; or a
+--   message to decode is malformed.
+-- - `closed`: `push` on a closed channel.
+-- - `crashed`: a process worker died while it ran the task; the message
+--   names its pid and its signal or exit status.
+-- @table Error
+-- @field kind the kind, one of the above
+-- @field message what happened
+
+--- An executor: a pool of workers (@{executor}, @{process_executor}).
+-- `local ex <close> = ...` closes it at the end of the scope.
+-- @type Executor
+
+--- Queue `fn(...)` and return its future at once.
+-- @tparam function fn a Lua function (copied with its upvalues) or a C
+-- function of a module (`string.rep`, `lfs.attributes`)
+-- @param ... its arguments, copied
+-- @treturn Future
+-- @raise a `transfer` error naming the argument that cannot cross
+-- (nothing is queued); a `shutdown` error after @{Executor:shutdown}
+-- @usage local f = ex:submit(string.rep, "ab", 3)
+-- print(f:result())   --> ababab
+-- @function Executor:submit
+
+--- Call `fn` on the elements of the sequences in parallel, and iterate
+-- over the results in input order.
+-- `for i, r1, r2 in ex:map(fn, a, b)` yields the index and every value
+-- that `fn(a[i], b[i])` returned. It stops at the shortest sequence. Every
+-- call is queued before the first iteration; leaving the loop early
+-- (`break`, an error, a timeout) cancels the calls not yet started. If
+-- call `i` raised, the loop raises that error when it reaches `i`.
+--
+-- The named form takes options after the function and the sequences:
+--
+--     ex:map{fn, seq1, ..., timeout = s, chunksize = n, progress = p}
+--
+--
+-- - `timeout` (number): seconds from the call to `map`; a result not ready
+--   in time raises a `timeout` error.
+-- - `chunksize` (integer, default 1): calls sent to a worker as one task
+--   (much faster for small calls).
+-- - `progress` (`true` or a function): `true` draws a one-line bar on
+--   standard error (done/total, rate, time left) while the loop runs, only
+--   when standard error is a terminal, and clears it at the end. A
+--   function is called as `progress(done, total)` in the caller's thread:
+--   at the first step, at most five times a second, and at the end, with
+--   `done` the number of results the loop has received. Without
+--   `progress`, `map` costs nothing more.
+-- @tparam function fn
+-- @tparam table ... the sequences (at least one)
+-- @return an iterator for a generic `for`, and its to-be-closed value
+-- @raise argument errors; a `transfer` error naming the element that
+-- cannot cross; a `shutdown` error
+-- @usage for i, v in ex:map{is_prime, numbers, chunksize = 64, progress = true} do
+--   print(numbers[i], v)
+-- end
+-- @function Executor:map
+
+--- Stop accepting tasks; optionally cancel queued ones, stop running ones,
+-- and wait. Calling it twice is harmless.
+-- @tparam[opt] table opts
+-- @tparam[opt=true] boolean opts.wait wait until every task has ended
+-- @tparam[opt=false] boolean opts.cancel_futures cancel the tasks still
+-- queued
+-- @tparam[opt=false] boolean opts.cancel_running stop the running tasks
+-- too (as @{Future:cancel}`{running = true}`)
+-- @function Executor:shutdown
+
+--- `shutdown{wait = true}`; also the `__close` metamethod.
+-- @function Executor:close
+
+--- The number of workers.
+-- @treturn int
+-- @function Executor:workers
+
+--- The result of a task. Futures of thread and process pools are of this
+-- one type. `tostring(f)` names its state: `pending`, `running`,
+-- `cancelled` or `finished`.
+-- @type Future
+
+--- Wait for the task and return every value it returned (nils included).
+-- @tparam[opt] number timeout seconds
+-- @return the task's results
+-- @raise a copy of the task's error value (a string error about a global
+-- that only the submitting state has gets a note); a `cancelled` error;
+-- a `timeout` error when `timeout` passes first
+-- @function Future:result
+
+--- Wait for the task; return `nil` if it succeeded, else its error value
+-- and the worker's traceback.
+-- @tparam[opt] number timeout seconds
+-- @return nil, or the error value
+-- @treturn[opt] string the traceback
+-- @raise `cancelled`, `timeout` as @{Future:result}
+-- @function Future:exception
+
+--- Cancel the task if it has not started. With `{running = true}`, a
+-- running task is stopped too: it raises a `cancelled` error at its next
+-- Lua instruction (threads; a long call inside C ends first) or its worker
+-- process ends (processes).
+-- @tparam[opt] table opts
+-- @tparam[opt=false] boolean opts.running stop it even if it runs
+-- @treturn boolean true if the future is now cancelled
+-- @function Future:cancel
+
+--- Whether the future was cancelled.
+-- @treturn boolean
+-- @function Future:cancelled
+
+--- Whether the task is running now.
+-- @treturn boolean
+-- @function Future:running
+
+--- Whether the future is done: finished or cancelled.
+-- @treturn boolean
+-- @function Future:done
+
+--- Call `fn(f)` once the future is done, in the state and OS thread that
+-- made it: at once if it is done, else at that thread's next loom call
+-- that waits or polls (`result`, `exception`, `wait`, `as_completed`,
+-- `shutdown`, @{poll}). Errors in `fn` go to `warn`.
+-- @tparam function fn
+-- @function Future:add_done_callback
+
+--- The cqueues polling protocol: a descriptor that becomes readable once
+-- the future is done (made when first asked for), so `cqueues.poll(f)`
+-- returns then.
+-- @treturn int
+-- @function Future:pollfd
+
+--- The polling protocol: the events to wait for, `"r"`.
+-- @treturn string
+-- @function Future:events
+
+--- The polling protocol: no timeout.
+-- @return nil
+-- @function Future:timeout
+
+--- A thread-safe FIFO queue (@{channel}). Passed to a task (as an
+-- argument, an upvalue, inside a table, or as a result) it is the same
+-- channel on both sides. `#ch` is the number of values waiting. When the
+-- state that made it closes, the channel is closed.
+-- @type Channel
+
+--- Append a copy of `value`, waiting while the channel is full.
+-- @param value not nil
+-- @raise a `closed` error if the channel is closed
+-- @function Channel:push
+
+--- Remove and return the oldest value, waiting for one.
+-- @tparam[opt] number timeout seconds (forever when absent)
+-- @return the value, or nil and `"timeout"`, or nil and `"closed"` once the
+-- channel is closed and empty
+-- @function Channel:pop
+
+--- Accept no more values; those in it can still be popped; waiters wake.
+-- @function Channel:close
+
+--- Futures in the order they complete (@{completion_queue}). `#q` counts
+-- the futures added and not yet popped.
+-- @type CompletionQueue
+
+--- Add futures; those already done are queued at once.
+-- @tparam Future ... futures
+-- @function CompletionQueue:add
+
+--- The next completed future, waiting for one.
+-- @tparam[opt] number timeout seconds (`0`: never blocks)
+-- @return a future, or nil and `"timeout"`
+-- @function CompletionQueue:pop
+
+--- The polling protocol: one descriptor, readable while a completed future
+-- waits to be popped, whatever the number of futures.
+-- @treturn int
+-- @function CompletionQueue:pollfd
+
+--- The polling protocol: `"r"`.
+-- @treturn string
+-- @function CompletionQueue:events
+
+--- The polling protocol: no timeout.
+-- @return nil
+-- @function CompletionQueue:timeout
+
+--- Event loops
+-- @section loops
+
+--- In module `loom.luv` (`require "loom.luv"`, with luv): suspend the
+-- calling coroutine, which runs under the luv loop, until `f` is done.
+-- One `uv_poll` on one completion queue serves the loop; it keeps the loop
+-- alive only while a future is awaited.
+-- @tparam Future f
+-- @return its results
+-- @raise its error
+-- @function luv.await
+
+--- In module `loom.luv`: call `fn(f)` from the luv loop once `f` is done.
+-- @tparam Future f
+-- @tparam function fn
+-- @function luv.on_done
+
+--- In module `loom.cqueues` (`require "loom.cqueues"`, with cqueues):
+-- suspend the calling coroutine of a cqueues controller until `f` is done.
+-- @tparam Future f
+-- @return its results
+-- @raise its error
+-- @function cqueues.await
