@@ -190,17 +190,19 @@ table name -> rule; returns a table of the values the rules returned
 and the closest valid one.  With positional = true, the integer keys
 1..#opts are allowed too (map's function and sequences).
 --]]
+local spec_names = setmetatable({}, { __mode = "k" })   -- spec -> sorted
+
 local function check_options(opts, n, fname, spec, positional)
-  local names = spec.names
-  if not names then   -- sorted once, for messages
+  local names = spec_names[spec]
+  if not names then
     names = {}
     for k in pairs(spec) do names[#names + 1] = k end
     table.sort(names)
-    spec.names = names
+    spec_names[spec] = names
   end
   local npos = positional and #opts or 0
   for k in next, opts do
-    if spec[k] == nil or k == "names" then
+    if spec[k] == nil then
       if not (math_type(k) == "integer" and k >= 1 and k <= npos) then
         local hint = type(k) == "string" and closest(k, names)
         argerror(n, fname, hint
@@ -215,7 +217,7 @@ local function check_options(opts, n, fname, spec, positional)
   end
   local out = {}
   for _, k in ipairs(names) do
-    local v = rawget(opts, k)
+    local v = opts[k]
     if v ~= nil then
       local r, what, msg = spec[k](v)
       if r == nil then
@@ -239,7 +241,10 @@ end
 
 local WORKERS_MAX = 4096
 
--- The options of loom.executor; loom.process_executor adds its own.
+-- The options of loom.executor.  loom.process_executor takes these and
+-- its own: a copy of this table with max_tasks_per_child =
+-- rules.integer(1) and interpreter = rules.type("string") added, checked
+-- by executor_options(opts, "process_executor", that table).
 local EXECUTOR_OPTIONS = {
   workers = rules.integer(1, WORKERS_MAX),
   init = rules.type("function"),
