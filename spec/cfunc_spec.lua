@@ -14,18 +14,7 @@ local lfs = require "lfs"
 
 local NOT_A_FIELD = "cannot transfer a C function that is not a field of a module in package.loaded"
 
-local function shell_quote(s)
-  return "'" .. string.gsub(s, "'", "'\\''") .. "'"
-end
-
--- Runs a shell command (under `timeout`); returns its output and status.
-local function run(command)
-  local p = assert(io.popen(string.format("timeout 120 sh -c %s 2>&1 </dev/null",
-    shell_quote(command))))
-  local output = p:read("a")
-  local _, how, status = p:close()
-  return output, how == "exit" and status or 128 + status
-end
+local shell_quote, run = helpers.shell_quote, helpers.run
 
 -- Compiles spec/support/hostmod.c once into a temporary directory, adds it
 -- to package.cpath, and requires it (what a host does at its start).

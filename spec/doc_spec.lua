@@ -8,16 +8,7 @@ local loom = require "loom"
 local core = require "loom.core"
 local helpers = require "spec.support.helpers"
 
-local function shell_quote(s)
-  return "'" .. string.gsub(s, "'", "'\\''") .. "'"
-end
-
-local function run(command)
-  local p = assert(io.popen(("timeout 120 sh -c %s 2>&1 </dev/null"):format(shell_quote(command))))
-  local output = p:read("a")
-  local _, how, status = p:close()
-  return output, how == "exit" and status or 128 + status
-end
+local shell_quote, run = helpers.shell_quote, helpers.run
 
 -- Builds the reference into a temporary directory once; returns the set of
 -- its anchors ("executor", "Executor:submit", ...).

@@ -10,9 +10,7 @@ local helpers = require "spec.support.helpers"
 
 local PATIENCE = helpers.PATIENCE
 
-local function shell_quote(s)
-  return "'" .. string.gsub(s, "'", "'\\''") .. "'"
-end
+local shell_quote = helpers.shell_quote
 
 local function read_all(name)
   local f = assert(io.open(name, "rb"))

@@ -226,6 +226,22 @@ function helpers.run_lua_ok(code)
   return output
 end
 
+-- `s` quoted for sh.
+function helpers.shell_quote(s)
+  return "'" .. string.gsub(s, "'", "'\\''") .. "'"
+end
+
+-- Runs the shell command `command` under `timeout` (generous: a hang
+-- fails), with no input and stderr in stdout. Returns the output and the
+-- exit status (124: it hung; 128 + n: killed by signal n).
+function helpers.run(command)
+  local p = assert(io.popen(string.format("timeout 120 sh -c %s 2>&1 </dev/null",
+    helpers.shell_quote(command))))
+  local output = p:read("a")
+  local _, how, status = p:close()
+  return output, how == "exit" and status or 128 + status
+end
+
 -- The lines of `s`, without their newlines.
 function helpers.lines(s)
   local lines = {}
