@@ -77,8 +77,20 @@ function loom.executor(opts)
   if opts.name ~= nil and type(opts.name) ~= "string" then
     argerror(1, "executor", "name must be a string, got " .. type(opts.name))
   end
+  local task_timeout, memory_limit = opts.task_timeout, opts.memory_limit
+  if task_timeout ~= nil and (type(task_timeout) ~= "number"
+                              or not (task_timeout > 0)) then
+    argerror(1, "executor", "task_timeout must be a number > 0, got "
+             .. tostring(task_timeout))
+  end
+  if memory_limit ~= nil and (math_type(memory_limit) ~= "integer"
+                              or memory_limit < 1) then
+    argerror(1, "executor", "memory_limit must be an integer >= 1, got "
+             .. tostring(memory_limit))
+  end
   return core.executor { workers = workers, name = opts.name, init = opts.init,
-                        init_args = opts.init_args }
+                        init_args = opts.init_args, task_timeout = task_timeout,
+                        memory_limit = memory_limit }
 end
 
 -- Unique futures of a sequence, in their first order.
