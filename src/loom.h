@@ -504,18 +504,18 @@ LOOM_API void loom_sched_keep(lua_State *L, loom_sched *s);
 
 typedef struct loom_block {
   lua_State *L, *main;     /* the running thread and the state's main one */
-  lua_Hook hook, mhook;    /* the hooks as the wait found them */
-  int mask, count, mmask, mcount;
   double deadline;         /* monotonic seconds; < 0: none */
   loom_intr *in;           /* this state's interrupt point, or NULL */
 } loom_block;
 
-/* Begin a wait of timeout seconds (< 0: forever).  Stack: unchanged. */
+/* Begin a wait of timeout seconds (< 0: forever); may let Lua run first
+** (a hook is set), so the caller holds nothing yet.  Stack: unchanged. */
 LOOM_API void loom_block_begin(lua_State *L, loom_block *b, double timeout);
 /* The end of the next slice into *ts: 1, or 0 when the wait's own
 ** deadline has passed (*ts is then that deadline). */
 LOOM_API int loom_block_slice(loom_block *b, struct timespec *ts);
-/* 1 when Lua must run before the wait goes on (a hook to honour). */
+/* 1 when Lua must run before the wait goes on (a hook is set, or this
+** state's task is stopped). */
 LOOM_API int loom_block_interrupted(loom_block *b);
 /* Let Lua run the hook (it may raise: the caller holds nothing then);
 ** when it returns, the wait goes on from here. */

@@ -79,12 +79,14 @@ void loom_warn_error(lua_State *L, const char *what) {
 
 /* ------------------------------------------------------------ blocking */
 
-static void hooks_of(lua_State *L, lua_Hook *h, int *mask, int *count) {
-  *h = lua_gethook(L);
-  *mask = lua_gethookmask(L);
-  *count = lua_gethookcount(L);
-}
-
+/*
+** A blocked call lets Lua run whenever a hook is set on the state (on the
+** running thread, or on the main one, where lua.c sets its Ctrl-C hook):
+** at the start of the wait and after every slice.  It does not compare
+** with the hook the wait began with: a Ctrl-C landing just before the
+** wait would then go unseen.  A hook that does not raise (a debugger's, a
+** profiler's) just runs once per slice.
+*/
 void loom_block_begin(lua_State *L, loom_block *b, double timeout) {
   b->L = L;
   b->deadline = timeout < 0 ? -1 : loom_now() + timeout;
@@ -92,8 +94,7 @@ void loom_block_begin(lua_State *L, loom_block *b, double timeout) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   b->main = lua_tothread(L, -1);
   lua_pop(L, 1);
-  hooks_of(L, &b->hook, &b->mask, &b->count);
-  hooks_of(b->main, &b->mhook, &b->mmask, &b->mcount);
+  if (loom_block_interrupted(b)) loom_block_poke(b);
 }
 
 int loom_block_slice(loom_block *b, struct timespec *ts) {
@@ -112,44 +113,31 @@ int loom_block_slice(loom_block *b, struct timespec *ts) {
   return more;
 }
 
-/* Reading the hook fields races, by design, with a signal handler (as in
-** lua.c) or a stopper setting them: a torn read only makes the check
-** below see a change one slice early or late. */
+/* Reading the hook races, by design, with a signal handler (as in lua.c)
+** or a stopper setting it: a torn read only makes this see it one slice
+** early or late. */
 int loom_block_interrupted(loom_block *b) {
-  lua_Hook h;
-  int mask, count;
-  if (loom_intr_fired(b->in)) return 1;
-  hooks_of(b->L, &h, &mask, &count);
-  if (h != b->hook || mask != b->mask || count != b->count) return 1;
-  if (b->main != b->L) {
-    hooks_of(b->main, &h, &mask, &count);
-    if (h != b->mhook || mask != b->mmask || count != b->mcount) return 1;
-  }
-  return 0;
+  return loom_intr_fired(b->in) || lua_gethook(b->L) != NULL
+         || lua_gethook(b->main) != NULL;
 }
 
 void loom_block_poke(loom_block *b) {
   lua_State *L = b->L;
-  lua_Hook h;
-  int mask, count;
-  if (b->main != L) {
+  if (b->main != L && lua_gethook(b->main) != NULL
+      && lua_gethook(L) == NULL)
     /* lua.c sets its hook on the main thread; a wait inside a coroutine
     ** takes it over, so that it acts here and now (it acts again in the
     ** main thread, as it would have) */
-    hooks_of(b->main, &h, &mask, &count);
-    if (h != b->mhook || mask != b->mmask || count != b->mcount)
-      lua_sethook(L, h, mask, count);
-  }
+    lua_sethook(L, lua_gethook(b->main), lua_gethookmask(b->main),
+                lua_gethookcount(b->main));
   /* a call of a Lua function runs an instruction: a count, call or line
   ** hook acts now; it may raise (this call holds nothing) */
   luaL_checkstack(L, 2, NULL);
   lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_POKE);
   lua_call(L, 0, 0);
-  /* it did not raise: go on waiting, with the hooks as they are now; a
-  ** stop that did not raise here (a __close handler running as a stopped
-  ** task unwinds) no longer cuts waits short */
-  hooks_of(L, &b->hook, &b->mask, &b->count);
-  hooks_of(b->main, &b->mhook, &b->mmask, &b->mcount);
+  /* it did not raise: go on waiting.  A stop that did not raise here (a
+  ** __close handler runs as a stopped task unwinds) no longer cuts the
+  ** wait short. */
   if (loom_intr_fired(b->in)) b->in = NULL;
 }
 
