@@ -26,8 +26,11 @@ loom_future *loom_checkfuture(lua_State *L, int idx) {
   return h->f;
 }
 
+/* Every future is collected: the type check compares metatables (no
+** registry lookup by name) unless it fails. */
 static int future_gc(lua_State *L) {
-  loom_fhandle *h = (loom_fhandle *)luaL_checkudata(L, 1, LOOM_FUTURE);
+  loom_fhandle *h = (loom_fhandle *)loom_checkud(L, 1, LOOM_UV_FUTURE,
+                                                 LOOM_FUTURE);
   if (h->f) loom_future_decref(h->f);
   h->f = NULL;
   return 0;
