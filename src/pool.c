@@ -55,7 +55,7 @@ struct loom_pool {
   atomic_int nqueued;      /* tasks in the queue, readable without mu */
   int stopping;            /* shutdown: accept no more tasks */
   int joined;
-  char *broken;            /* init failed: its message */
+  char *broken;            /* init failed: its message (or NOMEM) */
   worker *workers;
   char *name, *path, *cpath;
   loom_msg *init;          /* function and init_args, or NULL */
@@ -68,6 +68,10 @@ struct loom_pool {
 
 #define POOL(s) ((loom_pool *)(s))
 
+/* The message of a pool broken by a failure too short of memory to say
+** more (never freed). */
+static char NOMEM[] = "not enough memory";
+
 static void pool_free(loom_sched *s) {
   loom_pool *p = POOL(s);
   /* the workers were joined before the module record let go */
@@ -78,7 +82,7 @@ static void pool_free(loom_sched *s) {
   if (p->workers)
     for (i = 0; i < p->nworkers; i++) loom_intr_destroy(&p->workers[i].intr);
   loom_msg_free(p->init);
-  loom_free(p->broken);
+  if (p->broken != NOMEM) loom_free(p->broken);
   loom_free(p->workers);
   loom_free(p->name);
   loom_free(p->path);
@@ -139,17 +143,17 @@ static void worker_exit(loom_pool *p) {
 }
 
 /* init failed (or no state): the executor is broken; fail all queued
-** work, now and (in submit) later.  Takes broken. */
+** work, now and (in submit) later.  Takes broken (NULL: even its message
+** ran out of memory). */
 static void worker_broken(loom_pool *p, char *broken) {
   loom_future *f, *failed = NULL;
   pthread_mutex_lock(&p->base.mu);
   if (p->broken == NULL) {
-    p->broken = broken;
+    p->broken = broken ? broken : NOMEM;
     broken = NULL;
   }
   while ((f = dequeue_locked(p)) != NULL) {
-    loom_future_fail_locked(f, "broken", p->broken ? p->broken
-                                                   : "init failed");
+    loom_future_fail_locked(f, "broken", p->broken);
     f->next = failed;   /* their queue references go after the unlock */
     failed = f;
   }
@@ -198,7 +202,7 @@ static void *worker_main(void *arg) {
   int stopped = 0;            /* the last task was stopped: unhook */
   name_thread(p, wk->index);
   broken = worker_start(wk, &L);
-  if (broken != NULL) {
+  if (broken != NULL || L == NULL) {
     worker_broken(p, broken);
     if (L) lua_close(L);
     worker_exit(p);
