@@ -35,7 +35,7 @@ BUSTED_BIN  = $(shell command -v busted)
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
 
-.PHONY: all install test demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot fuzz soak clean
+.PHONY: all install test demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot callgrind fuzz soak clean
 
 all: $(SO)
 
@@ -141,6 +141,11 @@ bench: deps all
 bench-plot: deps all
 	sh .ci/deps.sh gnuplot python3
 	$(RUN_LOCAL) LUA=$(LUA) sh bench/plot.sh
+
+# Instructions per task on the caller's thread, under callgrind (W1, W4).
+callgrind: deps all
+	sh .ci/deps.sh valgrind
+	LUA=$(LUA) sh bench/callgrind.sh
 
 FUZZ_SECONDS ?= 60
 fuzz: deps

@@ -8,6 +8,7 @@
 */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "loom.h"
 
@@ -45,12 +46,49 @@ void loom_chan_decref(loom_chan *c) {
   loom_free(c);
 }
 
-int loom_chan_push(loom_chan *c, loom_msg *m) {
+/* Whether a wait with this deadline may still sleep. */
+static int before(const struct timespec *deadline) {
+  struct timespec now;
+  if (deadline == NULL) return 1;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec < deadline->tv_sec
+         || (now.tv_sec == deadline->tv_sec
+             && now.tv_nsec < deadline->tv_nsec);
+}
+
+/* Sleep on cv (c->mu held) until signalled or the deadline: 0 when the
+** deadline passed or in fired (stop waiting), else 1. */
+static int sleep_on(loom_chan *c, pthread_cond_t *cv,
+                    const struct timespec *deadline, loom_intr *in) {
+  if (loom_intr_fired(in)) return 0;
+  if (deadline == NULL) pthread_cond_wait(cv, &c->mu);
+  else if (pthread_cond_timedwait(cv, &c->mu, deadline) == ETIMEDOUT)
+    return 0;
+  return !loom_intr_fired(in);
+}
+
+int loom_chan_push(loom_chan *c, loom_msg *m,
+                   const struct timespec *deadline, loom_intr *in) {
+  int entered = 0;
   pthread_mutex_lock(&c->mu);
-  while (!c->closed && c->capacity && c->count >= c->capacity)
-    pthread_cond_wait(&c->can_push, &c->mu);
+  while (!c->closed && c->capacity && c->count >= c->capacity) {
+    if (!entered) {   /* publish the condition only when about to sleep */
+      pthread_mutex_unlock(&c->mu);
+      if (!before(deadline)) return 2;
+      loom_intr_enter(in, &c->mu, &c->can_push);
+      entered = 1;
+      pthread_mutex_lock(&c->mu);
+      continue;
+    }
+    if (!sleep_on(c, &c->can_push, deadline, in)) {
+      pthread_mutex_unlock(&c->mu);
+      loom_intr_leave(in);
+      return 2;
+    }
+  }
   if (c->closed) {
     pthread_mutex_unlock(&c->mu);
+    if (entered) loom_intr_leave(in);
     return 1;
   }
   if (c->count == c->size) {  /* grow the ring, keeping order */
@@ -58,6 +96,7 @@ int loom_chan_push(loom_chan *c, loom_msg *m) {
     loom_msg **r = (loom_msg **)loom_malloc(nsize * sizeof *r);
     if (r == NULL) {
       pthread_mutex_unlock(&c->mu);
+      if (entered) loom_intr_leave(in);
       return -1;
     }
     for (i = 0; i < c->count; i++) r[i] = c->ring[(c->head + i) % c->size];
@@ -70,20 +109,25 @@ int loom_chan_push(loom_chan *c, loom_msg *m) {
   c->count++;
   pthread_cond_signal(&c->can_pop);
   pthread_mutex_unlock(&c->mu);
+  if (entered) loom_intr_leave(in);
   return 0;
 }
 
-int loom_chan_pop(loom_chan *c, double timeout, loom_msg **out) {
-  struct timespec dl;
-  int r = 0;
-  if (timeout > 0) loom_deadline(&dl, timeout);
+int loom_chan_pop(loom_chan *c, const struct timespec *deadline,
+                  loom_intr *in, loom_msg **out) {
+  int r = 0, entered = 0;
   pthread_mutex_lock(&c->mu);
   while (c->count == 0 && !c->closed) {
-    if (timeout == 0) { r = 2; break; }
-    if (timeout < 0) pthread_cond_wait(&c->can_pop, &c->mu);
-    else if (pthread_cond_timedwait(&c->can_pop, &c->mu, &dl) == ETIMEDOUT
-             && c->count == 0 && !c->closed) {
-      r = 2;
+    if (!entered) {   /* publish the condition only when about to sleep */
+      pthread_mutex_unlock(&c->mu);
+      if (!before(deadline)) return 2;
+      loom_intr_enter(in, &c->mu, &c->can_pop);
+      entered = 1;
+      pthread_mutex_lock(&c->mu);
+      continue;
+    }
+    if (!sleep_on(c, &c->can_pop, deadline, in)) {
+      if (c->count == 0 && !c->closed) r = 2;
       break;
     }
   }
@@ -97,6 +141,7 @@ int loom_chan_pop(loom_chan *c, double timeout, loom_msg **out) {
     }
   }
   pthread_mutex_unlock(&c->mu);
+  if (entered) loom_intr_leave(in);
   return r;
 }
 

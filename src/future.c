@@ -188,16 +188,19 @@ void loom_future_unwatch(loom_future *f, loom_wlink *l) {
   l->w = NULL;
 }
 
-int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline) {
+int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline,
+                     loom_intr *in) {
   int fired;
+  loom_intr_enter(in, &w->mu, &w->cv);
   pthread_mutex_lock(&w->mu);
-  while (!w->fired) {
+  while (!w->fired && !loom_intr_fired(in)) {
     if (deadline == NULL) pthread_cond_wait(&w->cv, &w->mu);
     else if (pthread_cond_timedwait(&w->cv, &w->mu, deadline) == ETIMEDOUT)
       break;
   }
   fired = w->fired;
   pthread_mutex_unlock(&w->mu);
+  loom_intr_leave(in);
   return fired;
 }
 
@@ -208,4 +211,53 @@ loom_wlink *loom_waiter_pop_locked(loom_waiter *w) {
     if (w->dhead == NULL) w->dtail = NULL;
   }
   return l;
+}
+
+/* ------------------------------------------------------ interrupt points */
+
+void loom_intr_init(loom_intr *in) {
+  memset(in, 0, sizeof *in);
+  pthread_mutex_init(&in->mu, NULL);
+  atomic_init(&in->gen, 0);
+  atomic_init(&in->stop, 0);
+  atomic_init(&in->nchain, 0);
+  atomic_init(&in->busy, 0);
+}
+
+void loom_intr_destroy(loom_intr *in) {
+  pthread_mutex_destroy(&in->mu);
+}
+
+int loom_intr_fired(loom_intr *in) {
+  return in != NULL
+         && atomic_load_explicit(&in->stop, memory_order_acquire)
+            == atomic_load_explicit(&in->gen, memory_order_relaxed);
+}
+
+/* The check of loom_intr_fired and the sleep happen under the published
+** mutex, and a stopper sets 'stop' before it takes in->mu and then that
+** mutex to signal: either the sleeper sees the flag, or it is asleep and
+** gets the signal. */
+void loom_intr_enter(loom_intr *in, pthread_mutex_t *mu,
+                     pthread_cond_t *cv) {
+  if (in == NULL) return;
+  pthread_mutex_lock(&in->mu);
+  in->wmu = mu;
+  in->wcv = cv;
+  pthread_mutex_unlock(&in->mu);
+}
+
+void loom_intr_leave(loom_intr *in) {
+  if (in == NULL) return;
+  pthread_mutex_lock(&in->mu);
+  in->wmu = NULL;
+  in->wcv = NULL;
+  pthread_mutex_unlock(&in->mu);
+}
+
+void loom_intr_wake_locked(loom_intr *in) {
+  if (in->wmu == NULL) return;
+  pthread_mutex_lock(in->wmu);
+  pthread_cond_broadcast(in->wcv);
+  pthread_mutex_unlock(in->wmu);
 }

@@ -188,6 +188,44 @@ LOOM_API const char *loom_pushtext(lua_State *L, int idx);
 ** of modules in package.loaded to the names they cross by. */
 LOOM_API void loom_cfuncs_init(lua_State *L);
 
+/* ------------------------------------------------------ interrupt points */
+
+/*
+** The interrupt point of a state that runs tasks: how another thread
+** stops the task that state is running (f:cancel{running = true},
+** task_timeout, shutdown{cancel_running = true}).  gen counts the
+** state's tasks; stop names the one to stop: the running task is to stop
+** while stop == gen.  A blocked loom call of that state publishes the lock
+** and condition it sleeps on (wmu, wcv), so that the stopper wakes it at
+** once.  Lock order: mu before any published wmu.
+*/
+typedef struct loom_intr {
+  pthread_mutex_t mu;      /* guards wmu, wcv and L, and makes stopping
+                              (setting the state's hooks) exclusive */
+  pthread_mutex_t *wmu;    /* what a blocked call sleeps on, or NULL */
+  pthread_cond_t *wcv;
+  atomic_uint gen, stop;   /* written by the owner / by stoppers */
+  lua_State *L;            /* the state's main thread; NULL once closed */
+  /* The coroutines being resumed, innermost last: written by the owner
+  ** without a lock; 'busy' (a stopper reads them) makes the owner wait
+  ** before a popped one can go away. */
+  atomic_uintptr_t chain[64];
+  atomic_int nchain, busy;
+  int unwinding;           /* the owner's: the stopped task unwinds */
+} loom_intr;
+
+LOOM_API void loom_intr_init(loom_intr *in);
+LOOM_API void loom_intr_destroy(loom_intr *in);
+/* 1 when the running task is to stop (in may be NULL: never). */
+LOOM_API int loom_intr_fired(loom_intr *in);
+/* A blocking call publishes (mu, cv) before it sleeps, and withdraws them
+** after; in may be NULL.  Called without mu held. */
+LOOM_API void loom_intr_enter(loom_intr *in, pthread_mutex_t *mu,
+                              pthread_cond_t *cv);
+LOOM_API void loom_intr_leave(loom_intr *in);
+/* With in->mu held: wake the call blocked in the state, if any. */
+LOOM_API void loom_intr_wake_locked(loom_intr *in);
+
 /* -------------------------------------------------------------- channel */
 
 struct loom_chan {
@@ -204,10 +242,14 @@ struct loom_chan {
 LOOM_API loom_chan *loom_chan_new(size_t capacity);
 LOOM_API void loom_chan_incref(loom_chan *c);
 LOOM_API void loom_chan_decref(loom_chan *c);
-/* 0 ok, 1 closed, -1 out of memory.  Takes m on success. Blocks. */
-LOOM_API int loom_chan_push(loom_chan *c, loom_msg *m);
-/* 0 ok (*out set), 1 closed and empty, 2 timeout. timeout<0 = forever. */
-LOOM_API int loom_chan_pop(loom_chan *c, double timeout, loom_msg **out);
+/* 0 ok, 1 closed, -1 out of memory, 2 still full at the deadline (NULL:
+** none) or when in fired.  Takes m on success. */
+LOOM_API int loom_chan_push(loom_chan *c, loom_msg *m,
+                            const struct timespec *deadline, loom_intr *in);
+/* 0 ok (*out set), 1 closed and empty, 2 still empty at the deadline
+** (NULL: none; in the past: do not wait) or when in fired. */
+LOOM_API int loom_chan_pop(loom_chan *c, const struct timespec *deadline,
+                           loom_intr *in, loom_msg **out);
 LOOM_API void loom_chan_close(loom_chan *c);
 LOOM_API size_t loom_chan_count(loom_chan *c);
 
@@ -327,8 +369,10 @@ LOOM_API void loom_waiter_destroy(loom_waiter *w);
 ** done already. */
 LOOM_API int loom_future_watch(loom_future *f, loom_wlink *l, loom_waiter *w);
 LOOM_API void loom_future_unwatch(loom_future *f, loom_wlink *l);
-/* Wait until fired or the deadline (NULL: none): 1 fired, 0 timeout. */
-LOOM_API int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline);
+/* Wait until fired, the deadline (NULL: none), or in fires: 1 fired,
+** 0 not (yet). */
+LOOM_API int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline,
+                              loom_intr *in);
 /* The next link of the done list (with w->mu held), or NULL. */
 LOOM_API loom_wlink *loom_waiter_pop_locked(loom_waiter *w);
 
@@ -355,19 +399,39 @@ LOOM_API char *loom_strdup(const char *s);
 ** chunk.  Every kind of worker runs its tasks here.
 */
 
-/* Set up a fresh worker state: libraries, loom, os.exit, print. */
+/* The one exported symbol (lua_module.c). */
+#if defined(__GNUC__)
+__attribute__((visibility("default")))
+#endif
+int luaopen_loom_core(lua_State *L);
+
+/* Set up a fresh worker state: libraries, loom, os.exit, print, and
+** coroutine.resume/wrap that a stop can follow.  Stack: unchanged. */
 LOOM_API int loom_open_worker_state(lua_State *L);
 
 /* Set up worker state L: libraries, package.path/cpath (may be NULL) and
-** init (function and init_args, may be NULL).  Protected inside: returns
-** NULL, or the error text (owned) when something failed. */
+** init (function and init_args, may be NULL).  With an interrupt point
+** (in, may be NULL), the state's tasks can be stopped (loom_task_stop).
+** Protected inside: returns NULL, or the error text (owned) when
+** something failed. */
 LOOM_API char *loom_task_setup(lua_State *L, const char *path,
-                               const char *cpath, const loom_msg *init);
+                               const char *cpath, const loom_msg *init,
+                               loom_intr *in);
 
 /* Run the task of f (taken from f->task) in L, filling *o.  Never raises;
-** the stack is empty again on return.  Returns the status of the run
-** (LUA_ERRMEM when the state ran out of memory outside the task's code). */
+** the stack is empty again on return.  Returns 1 when the state ran out
+** of memory (in the task or around it), else 0. */
 LOOM_API int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o);
+
+/* Stop task number gen of the state of in, if it still runs it: its state
+** raises a cancelled error at its next instruction (a count hook, set from
+** this thread as lua.c sets one from a signal handler), in whichever
+** coroutine runs, and a loom call it is blocked in wakes at once.  The
+** caller has set in->stop = gen.  Never touches Lua otherwise. */
+LOOM_API void loom_task_stop(loom_intr *in, unsigned gen);
+/* The owner, between tasks, after its task number gen was stopped:
+** remove the hook again. */
+LOOM_API void loom_task_unstop(loom_intr *in);
 
 /* ----------------------------------------------------------------- pool */
 
@@ -410,6 +474,7 @@ LOOM_API loom_sched *loom_pool_new(loom_pool_config *cfg, const char **err);
 #define LOOM_MODULE "loom.Module"
 
 typedef struct loom_mstate {
+  loom_intr *intr;         /* a worker state's interrupt point, or NULL */
   loom_sched **scheds;     /* made here and not yet joined; one ref each */
   int nscheds, capscheds;
   loom_chan **chans;       /* made here; one ref each (pruned) */
@@ -424,7 +489,7 @@ typedef struct loom_mstate {
 /* The module record's user values: pending callbacks, then metatables
 ** (kept there so that hot paths check types without a registry lookup). */
 enum { LOOM_UV_CALLBACKS = 1, LOOM_UV_FUTURE, LOOM_UV_EXECUTOR,
-       LOOM_UV_CHANNEL, LOOM_UV_N = LOOM_UV_CHANNEL };
+       LOOM_UV_CHANNEL, LOOM_UV_POKE, LOOM_UV_N = LOOM_UV_POKE };
 
 typedef struct loom_fhandle { loom_future *f; } loom_fhandle;
 
@@ -446,6 +511,35 @@ LOOM_API void loom_warn_error(lua_State *L, const char *what);
 ** remember s (taking a reference), so that lua_close joins it. */
 LOOM_API void loom_sched_reserve(lua_State *L);
 LOOM_API void loom_sched_keep(lua_State *L, loom_sched *s);
+
+/*
+** Blocking in the binding.  Every loom call that blocks waits in slices of
+** at most LOOM_SLICE seconds and, between slices, lets Lua run when the
+** state's hook changed: that is how the stock interpreter delivers Ctrl-C
+** (its SIGINT handler sets a hook, which raises "interrupted!"), and how a
+** stopped task's state is stopped (loom_task_stop sets a hook and wakes
+** the call at once through the state's interrupt point).
+*/
+#define LOOM_SLICE 0.1
+
+typedef struct loom_block {
+  lua_State *L, *main;     /* the running thread and the state's main one */
+  double deadline;         /* monotonic seconds; < 0: none */
+  loom_intr *in;           /* this state's interrupt point, or NULL */
+} loom_block;
+
+/* Begin a wait of timeout seconds (< 0: forever); may let Lua run first
+** (a hook is set), so the caller holds nothing yet.  Stack: unchanged. */
+LOOM_API void loom_block_begin(lua_State *L, loom_block *b, double timeout);
+/* The end of the next slice into *ts: 1, or 0 when the wait's own
+** deadline has passed (*ts is then that deadline). */
+LOOM_API int loom_block_slice(loom_block *b, struct timespec *ts);
+/* 1 when Lua must run before the wait goes on (a hook is set, or this
+** state's task is stopped). */
+LOOM_API int loom_block_interrupted(loom_block *b);
+/* Let Lua run the hook (it may raise: the caller holds nothing then);
+** when it returns, the wait goes on from here. */
+LOOM_API void loom_block_poke(loom_block *b);
 
 /* lua_future.c */
 LOOM_API loom_future *loom_checkfuture(lua_State *L, int idx);

@@ -79,20 +79,33 @@ static int channel_gc(lua_State *L) {
   return 0;
 }
 
+static const struct timespec past = { 0, 0 };   /* do not wait */
+
 static int channel_push(lua_State *L) {
   loom_chan *c = checkchannel(L, 1);
-  loom_msg *m;
+  loom_msg *m, **box;
   int r;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot push nil");
   lua_settop(L, 2);
-  m = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, 1);
-  r = loom_chan_push(c, m);
-  if (r != 0) {
-    loom_msg_free(m);
-    if (r < 0) return luaL_error(L, "not enough memory");
-    return loom_raise(L, "closed", "the channel is closed");
+  box = loom_msgbox(L);   /* owns the message while Lua may run */
+  *box = m = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, 1);
+  r = loom_chan_push(c, m, &past, NULL);
+  if (r == 2) {   /* full: wait in slices, as every blocking call does */
+    loom_block b;
+    struct timespec ts;
+    loom_block_begin(L, &b, -1);
+    for (;;) {
+      loom_block_slice(&b, &ts);
+      if ((r = loom_chan_push(c, m, &ts, b.in)) != 2) break;
+      if (loom_block_interrupted(&b)) loom_block_poke(&b);
+    }
   }
-  return 0;
+  if (r == 0) {
+    *box = NULL;   /* the channel has it */
+    return 0;
+  }
+  if (r < 0) return luaL_error(L, "not enough memory");
+  return loom_raise(L, "closed", "the channel is closed");
 }
 
 static int channel_pop(lua_State *L) {
@@ -103,7 +116,17 @@ static int channel_pop(lua_State *L) {
   /* decode can raise: the message is owned by a userdata meanwhile,
   ** made before the message leaves the channel */
   box = loom_msgbox(L);
-  r = loom_chan_pop(c, t, &m);
+  r = loom_chan_pop(c, &past, NULL, &m);
+  if (r == 2 && t != 0) {   /* empty: wait in slices */
+    loom_block b;
+    struct timespec ts;
+    loom_block_begin(L, &b, t);
+    for (;;) {
+      int more = loom_block_slice(&b, &ts);
+      if ((r = loom_chan_pop(c, &ts, b.in, &m)) != 2 || !more) break;
+      if (loom_block_interrupted(&b)) loom_block_poke(&b);
+    }
+  }
   if (r != 0) {
     lua_pushnil(L);
     lua_pushstring(L, r == 1 ? "closed" : "timeout");

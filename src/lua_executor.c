@@ -255,12 +255,25 @@ static int optfield(lua_State *L, int idx, const char *k, int def) {
   return r;
 }
 
+/* Join the workers of s, waiting in slices like every blocking call (a
+** Ctrl-C ends the wait; the workers are joined at exit then). */
+static void join(lua_State *L, loom_sched *s) {
+  loom_block b;
+  struct timespec ts;
+  loom_block_begin(L, &b, -1);
+  for (;;) {
+    loom_block_slice(&b, &ts);
+    if (s->ops->join(s, &ts)) return;
+    if (loom_block_interrupted(&b)) loom_block_poke(&b);
+  }
+}
+
 static void do_shutdown(lua_State *L, xhandle *x, int wait, int cancel,
                         int cancel_running) {
   x->shut = 1;
   if (x->sched != NULL) {   /* else finalized: shut down and joined */
     x->sched->ops->shutdown(x->sched, cancel, cancel_running);
-    if (wait) x->sched->ops->join(x->sched, NULL);
+    if (wait) join(L, x->sched);
   }
   loom_run_callbacks(L);
 }

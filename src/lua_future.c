@@ -26,8 +26,11 @@ loom_future *loom_checkfuture(lua_State *L, int idx) {
   return h->f;
 }
 
+/* Every future is collected: the type check compares metatables (no
+** registry lookup by name) unless it fails. */
 static int future_gc(lua_State *L) {
-  loom_fhandle *h = (loom_fhandle *)luaL_checkudata(L, 1, LOOM_FUTURE);
+  loom_fhandle *h = (loom_fhandle *)loom_checkud(L, 1, LOOM_UV_FUTURE,
+                                                 LOOM_FUTURE);
   if (h->f) loom_future_decref(h->f);
   h->f = NULL;
   return 0;
@@ -120,11 +123,13 @@ static int future_add_done_callback(lua_State *L) {
 }
 
 /* Wait until f is done or the timeout passes; 1 if done. */
-static int wait_one(loom_future *f, double timeout) {
+/* Wait until f is done or the timeout passes; 1 if done.  The waiter
+** lives on this C stack: it is unlinked before Lua may run (a poke). */
+static int wait_one(lua_State *L, loom_future *f, double timeout) {
   loom_waiter w;
   loom_wlink l;
-  struct timespec dl;
-  int done, spin;
+  loom_block b;
+  int done = 0, spin;
   if (loom_future_isdone(f)) return 1;
   if (timeout == 0) return 0;
   for (spin = 0; spin < 2000; spin++) {   /* short tasks: skip sleeping */
@@ -132,17 +137,25 @@ static int wait_one(loom_future *f, double timeout) {
     if ((spin & 127) == 127) sched_yield();   /* a busy machine: give way */
     else loom_cpu_relax();
   }
-  if (timeout > 0) loom_deadline(&dl, timeout);
-  loom_waiter_init(&w, 0);
-  l.idx = 0;
-  if (loom_future_watch(f, &l, &w)) done = 1;
-  else {
-    loom_waiter_wait(&w, timeout > 0 ? &dl : NULL);
-    loom_future_unwatch(f, &l);
-    done = loom_future_isdone(f);
+  loom_block_begin(L, &b, timeout);
+  for (;;) {
+    struct timespec ts;
+    int more = 1;
+    loom_waiter_init(&w, 0);
+    l.idx = 0;
+    if (loom_future_watch(f, &l, &w)) done = 1;
+    else {
+      while ((more = loom_block_slice(&b, &ts)) != 0
+             && !loom_waiter_wait(&w, &ts, b.in)
+             && !loom_block_interrupted(&b))
+        ;
+      loom_future_unwatch(f, &l);
+      done = loom_future_isdone(f);
+    }
+    loom_waiter_destroy(&w);
+    if (done || !more) return done;
+    loom_block_poke(&b);   /* a hook changed: let it act, then go on */
   }
-  loom_waiter_destroy(&w);
-  return done;
 }
 
 static void raise_state(lua_State *L, loom_future *f) {
@@ -206,7 +219,7 @@ static int push_outcome(lua_State *L, loom_future *f) {
 
 static void await(lua_State *L, loom_future *f, int tidx) {
   double t = loom_opttimeout(L, tidx);
-  int done = wait_one(f, t);
+  int done = wait_one(L, f, t);
   loom_run_callbacks(L);
   if (!done) loom_raise(L, "timeout", "the future did not finish in time");
   raise_state(L, f);
@@ -508,32 +521,41 @@ static int watch_new(lua_State *L) {
 static int watch_next(lua_State *L) {
   watcher *wt = (watcher *)luaL_checkudata(L, 1, LOOM_WATCHER);
   double t = loom_opttimeout(L, 2);
-  struct timespec dl;
   loom_wlink *l = NULL;
-  int idx;
+  loom_block b;
+  int idx, begun = 0;
   if (!wt->live) return 0;
-  if (t > 0) loom_deadline(&dl, t);
-  pthread_mutex_lock(&wt->w.mu);
   for (;;) {
-    if ((l = loom_waiter_pop_locked(&wt->w)) != NULL) break;
-    if (wt->nout >= wt->n || t == 0) break;
-    if (t < 0) pthread_cond_wait(&wt->w.cv, &wt->w.mu);
-    else if (pthread_cond_timedwait(&wt->w.cv, &wt->w.mu, &dl) == ETIMEDOUT
-             && wt->w.dhead == NULL)
-      break;
+    struct timespec ts;
+    int more = 1, slept = 0;
+    if (begun) more = loom_block_slice(&b, &ts);
+    loom_intr_enter(begun ? b.in : NULL, &wt->w.mu, &wt->w.cv);
+    pthread_mutex_lock(&wt->w.mu);
+    for (;;) {
+      if ((l = loom_waiter_pop_locked(&wt->w)) != NULL) break;
+      if (wt->nout >= wt->n || t == 0 || !begun || !more || slept
+          || loom_intr_fired(b.in))
+        break;
+      /* one slice: a completion, or the slice's end, ends it */
+      slept = pthread_cond_timedwait(&wt->w.cv, &wt->w.mu, &ts) == ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&wt->w.mu);
+    loom_intr_leave(begun ? b.in : NULL);
+    if (l != NULL || wt->nout >= wt->n || t == 0 || !more) break;
+    if (!begun) {   /* nothing yet: from now on, wait in slices */
+      loom_block_begin(L, &b, t);
+      begun = 1;
+    }
+    else if (loom_block_interrupted(&b)) loom_block_poke(&b);
   }
-  pthread_mutex_unlock(&wt->w.mu);
-  if (l == NULL) {
-    loom_run_callbacks(L);
-    return 0;
-  }
+  loom_run_callbacks(L);
+  if (l == NULL) return 0;
   idx = l->idx;
   wt->nout++;
   /* handed out: the watcher no longer keeps it (nor its results) */
   loom_future_unwatch(wt->fs[idx], l);
   loom_future_decref(wt->fs[idx]);
   wt->fs[idx] = NULL;
-  loom_run_callbacks(L);
   lua_pushinteger(L, idx + 1);
   return 1;
 }

@@ -15,18 +15,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lualib.h"
 #include "loom.h"
 
-/* The one exported symbol. */
 #if defined(__GNUC__)
 #define LOOM_EXPORT __attribute__((visibility("default")))
 #else
 #define LOOM_EXPORT
 #endif
-LOOM_EXPORT int luaopen_loom_core(lua_State *L);
 
 /* ------------------------------------------------------ shared helpers */
 
@@ -76,6 +75,70 @@ void loom_warn_error(lua_State *L, const char *what) {
   lua_warning(L, what, 1);
   lua_warning(L, msg, 0);
   lua_pop(L, 2);
+}
+
+/* ------------------------------------------------------------ blocking */
+
+/*
+** A blocked call lets Lua run whenever a hook is set on the state (on the
+** running thread, or on the main one, where lua.c sets its Ctrl-C hook):
+** at the start of the wait and after every slice.  It does not compare
+** with the hook the wait began with: a Ctrl-C landing just before the
+** wait would then go unseen.  A hook that does not raise (a debugger's, a
+** profiler's) just runs once per slice.
+*/
+void loom_block_begin(lua_State *L, loom_block *b, double timeout) {
+  b->L = L;
+  b->deadline = timeout < 0 ? -1 : loom_now() + timeout;
+  b->in = loom_getmstate(L)->intr;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  b->main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (loom_block_interrupted(b)) loom_block_poke(b);
+}
+
+int loom_block_slice(loom_block *b, struct timespec *ts) {
+  double now = loom_now(), end = now + LOOM_SLICE;
+  int more = 1;
+  if (b->deadline >= 0 && b->deadline <= end) {
+    end = b->deadline;
+    more = now < end;
+  }
+  ts->tv_sec = (time_t)end;
+  ts->tv_nsec = (long)((end - (double)ts->tv_sec) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+  return more;
+}
+
+/* Reading the hook races, by design, with a signal handler (as in lua.c)
+** or a stopper setting it: a torn read only makes this see it one slice
+** early or late. */
+int loom_block_interrupted(loom_block *b) {
+  return loom_intr_fired(b->in) || lua_gethook(b->L) != NULL
+         || lua_gethook(b->main) != NULL;
+}
+
+void loom_block_poke(loom_block *b) {
+  lua_State *L = b->L;
+  if (b->main != L && lua_gethook(b->main) != NULL
+      && lua_gethook(L) == NULL)
+    /* lua.c sets its hook on the main thread; a wait inside a coroutine
+    ** takes it over, so that it acts here and now (it acts again in the
+    ** main thread, as it would have) */
+    lua_sethook(L, lua_gethook(b->main), lua_gethookmask(b->main),
+                lua_gethookcount(b->main));
+  /* a call of a Lua function runs an instruction: a count, call or line
+  ** hook acts now; it may raise (this call holds nothing) */
+  luaL_checkstack(L, 2, NULL);
+  lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_POKE);
+  lua_call(L, 0, 0);
+  /* it did not raise: go on waiting.  A stop that did not raise here (a
+  ** __close handler runs as a stopped task unwinds) no longer cuts the
+  ** wait short. */
+  if (loom_intr_fired(b->in)) b->in = NULL;
 }
 
 static int msgbox_gc(lua_State *L) {
@@ -159,7 +222,9 @@ static int module_gc(lua_State *L) {
   ** that hold references to themselves, directly or in a cycle. */
   for (i = 0; i < ms->nchans; i++) {
     loom_msg *m;
-    while (loom_chan_pop(ms->chans[i], 0, &m) == 0) loom_msg_free(m);
+    static const struct timespec past = { 0, 0 };
+    while (loom_chan_pop(ms->chans[i], &past, NULL, &m) == 0)
+      loom_msg_free(m);
   }
   for (i = 0; i < ms->nchans; i++) loom_chan_decref(ms->chans[i]);
   loom_free(ms->scheds);
@@ -317,48 +382,6 @@ static int error_tostring(lua_State *L) {
   return 1;
 }
 
-/* Worker states: os.exit must not end the host; print writes lines. */
-static int worker_exit(lua_State *L) {
-  return luaL_error(L, "os.exit is not allowed in a loom worker");
-}
-
-static int worker_print(lua_State *L) {
-  int n = lua_gettop(L), i;
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  for (i = 1; i <= n; i++) {
-    if (i > 1) luaL_addchar(&b, '\t');
-    luaL_tolstring(L, i, NULL);
-    luaL_addvalue(&b);
-  }
-  luaL_addchar(&b, '\n');
-  luaL_pushresult(&b);
-  {
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
-    fwrite(s, 1, len, stdout);   /* one call: one whole line */
-    fflush(stdout);
-  }
-  return 0;
-}
-
-int loom_open_worker_state(lua_State *L) {
-  luaL_openlibs(L);
-  lua_getglobal(L, "os");
-  lua_pushcfunction(L, worker_exit);
-  lua_setfield(L, -2, "exit");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, worker_print);
-  lua_setglobal(L, "print");
-  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
-  lua_pop(L, 1);
-  /* before any user code can change the libraries; print and os.exit
-  ** are named as usual, so they cross as the receiver's own */
-  loom_cfuncs_init(L);
-  return 0;
-}
-
-
 /* ------------------------------------------------------------- opening */
 
 static const luaL_Reg funcs[] = {
@@ -387,6 +410,10 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
     ms->prunechans = 16;
     lua_newtable(L);
     lua_setiuservalue(L, -2, LOOM_UV_CALLBACKS);
+    /* the Lua function a blocked call runs to let a hook act */
+    if (luaL_loadbuffer(L, "return", 6, "=loom wait") != LUA_OK)
+      lua_error(L);
+    lua_setiuservalue(L, -2, LOOM_UV_POKE);
     lua_newtable(L);
     lua_pushcfunction(L, module_gc);
     lua_setfield(L, -2, "__gc");

@@ -7,7 +7,16 @@
 ** traceback, and its results (or its error value and the traceback) are
 ** encoded into the future's outcome.  Everything runs protected: no Lua
 ** error leaves loom_task_run, and the worker's stack is empty after it.
+**
+** Stopping a running task (f:cancel{running = true}, task_timeout,
+** shutdown{cancel_running = true}) is done here too, the way lua.c stops
+** a script on Ctrl-C: another thread sets a count hook on the state, and
+** the hook raises at the next instruction.  That costs nothing until a
+** stop is asked for.  The hook must reach the coroutine that runs, so a
+** worker state's coroutine.resume and coroutine.wrap keep the chain of
+** coroutines being resumed where a stopper can see it (loom_intr).
 */
+#include <stdio.h>
 #include <string.h>
 
 #include "lualib.h"
@@ -197,20 +206,28 @@ static int run_chunk(lua_State *L, loom_future *f, loom_outcome *o,
   return 0;
 }
 /*
-** Run one task.  Protected: stack [1] = lightuserdata future, [2] =
-** lightuserdata outcome.  Sets o->result (and o->failed), or raises (the
-** caller turns that into a loom condition).
+** Run one task.  Protected: stack [1] = lightuserdata runctx.  Sets
+** o->result (and o->failed), or raises (the caller turns that into a
+** loom condition).
 */
+typedef struct runctx {
+  loom_future *f;
+  loom_outcome *o;
+  int errmem;              /* the task ran out of memory */
+} runctx;
+
 static int run_task(lua_State *L) {
-  loom_future *f = (loom_future *)lua_touserdata(L, 1);
-  loom_outcome *o = (loom_outcome *)lua_touserdata(L, 2);
+  runctx *rc = (runctx *)lua_touserdata(L, 1);
+  loom_future *f = rc->f;
+  loom_outcome *o = rc->o;
   loom_msg *task = f->task;
   int n, base, st;
   lua_settop(L, 0);
   lua_pushcfunction(L, msghandler);          /* 1 */
   base = lua_gettop(L);
-  /* decode can raise (a module of a C function that will not load):
-  ** f keeps the message until then, and loom_task_run frees it */
+  /* f keeps the message until it is decoded: a decode that raises (out
+  ** of memory, a C function's module that will not load) leaves it to
+  ** loom_task_run to free */
   n = loom_decode(L, task->data, task->len, 1, task);
   f->task = NULL;
   loom_msg_free(task);                       /* the copy is made */
@@ -223,6 +240,7 @@ static int run_task(lua_State *L) {
                             LOOM_AT_RESULT, 0, 1);
     return 0;
   }
+  if (st == LUA_ERRMEM) rc->errmem = 1;
   /* the error value is at the top: send it and the traceback */
   st = lua_gettop(L);
   crossable_error(L, st);
@@ -261,18 +279,22 @@ static char *safe_error_text(lua_State *L, int idx) {
 }
 
 int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o) {
+  runctx rc;
   int st;
   memset(o, 0, sizeof *o);
+  rc.f = f;
+  rc.o = o;
+  rc.errmem = 0;
   lua_settop(L, 0);
   lua_pushcfunction(L, run_task);
-  lua_pushlightuserdata(L, f);
-  lua_pushlightuserdata(L, o);
-  st = lua_pcall(L, 2, 0, 0);
+  lua_pushlightuserdata(L, &rc);
+  st = lua_pcall(L, 1, 0, 0);
   if (st != LUA_OK) {
     /* The task could not start, or its results could not be copied, or
     ** the worker ran out of memory outside the task's own code. */
     loom_outcome_free(o);
-    if (st == LUA_ERRMEM) lua_gc(L, LUA_GCCOLLECT);   /* room to say it */
+    if (st == LUA_ERRMEM) rc.errmem = 1;
+    if (rc.errmem) lua_gc(L, LUA_GCCOLLECT);   /* room to say it */
     o->errmsg = safe_error_text(L, -1);
     if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TTABLE)
       o->errkind = "transfer";   /* loom's own: results not copyable */
@@ -281,18 +303,281 @@ int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o) {
   loom_msg_free(f->task);   /* when decoding never started */
   f->task = NULL;
   lua_settop(L, 0);
+  /* the state goes on serving: what the task built is garbage now */
+  if (rc.errmem) lua_gc(L, LUA_GCCOLLECT);
+  return rc.errmem;
+}
+
+/* ------------------------------------------------------- worker states */
+
+/* Worker states: os.exit must not end the host; print writes lines. */
+static int worker_exit(lua_State *L) {
+  return luaL_error(L, "os.exit is not allowed in a loom worker");
+}
+
+static int worker_print(lua_State *L) {
+  int n = lua_gettop(L), i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  {
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    fwrite(s, 1, len, stdout);   /* one call: one whole line */
+    fflush(stdout);
+  }
+  return 0;
+}
+
+/* The interrupt point of a state, in its extra space (which coroutines
+** copy from the main thread when they are made), or NULL. */
+#define intr_of(L) (*(loom_intr **)lua_getextraspace(L))
+
+static const char STOP_KEY = 's';   /* registry: the error a stop raises */
+
+/*
+** The hook a stop sets raises the stop error at the next instruction.
+** From then on the task unwinds, and Lua code runs only in __close
+** handlers and message handlers: they get a budget of STOP_BUDGET
+** instructions each time the hook raises, so that they run to their end
+** unless they run away.  The task cannot catch the error and carry on:
+** a worker state's pcall, xpcall and coroutine.resume raise it again
+** when they catch it (and a C module's lua_pcall that swallows it meets
+** the hook again within the budget).  A hook left on a coroutine from an
+** earlier task removes itself.
+*/
+#define STOP_BUDGET 1000000
+
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  loom_intr *in = intr_of(L);
+  int first;
+  (void)ar;
+  if (!loom_intr_fired(in)) {
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
+  first = lua_gethookcount(L) == 1;   /* the stopper's hook, not a budget */
+  lua_sethook(L, stop_hook, LUA_MASKCOUNT, STOP_BUDGET);
+  if (in->unwinding && first) return;   /* a coroutine's, as the task
+                                           unwinds: it gets a budget too */
+  in->unwinding = 1;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &STOP_KEY);
+  lua_error(L);
+}
+
+/* When a stopped task catches an error: raise it again.  Its to-be-closed
+** variables have been closed (by the catching call, or, for a coroutine,
+** here). */
+static int rethrow_if_stopped(lua_State *L, lua_State *co) {
+  if (!loom_intr_fired(intr_of(L))) return 0;
+  if (co != NULL && lua_status(co) != LUA_OK && lua_status(co) != LUA_YIELD)
+    lua_resetthread(co);
+  return lua_error(L);
+}
+
+#define sethook_stop(L) lua_sethook(L, stop_hook, LUA_MASKCOUNT, 1)
+
+void loom_task_stop(loom_intr *in, unsigned gen) {
+  int i, n;
+  pthread_mutex_lock(&in->mu);
+  if (in->L != NULL && atomic_load(&in->gen) == gen) {
+    /* lua_sethook may be called asynchronously (ldebug.c); lua.c calls
+    ** it from a signal handler.  The chain's coroutines cannot go away
+    ** meanwhile: busy makes their owner wait before popping one. */
+    sethook_stop(in->L);
+    atomic_store(&in->busy, 1);
+    n = atomic_load(&in->nchain);
+    for (i = 0; i < n; i++)
+      sethook_stop((lua_State *)atomic_load(&in->chain[i]));
+    atomic_store(&in->busy, 0);
+    loom_intr_wake_locked(in);
+  }
+  pthread_mutex_unlock(&in->mu);
+}
+
+void loom_task_unstop(loom_intr *in) {
+  pthread_mutex_lock(&in->mu);
+  lua_sethook(in->L, NULL, 0, 0);
+  in->unwinding = 0;
+  pthread_mutex_unlock(&in->mu);
+}
+
+/*
+** lua_resume, with co on the chain a stopper sees while it runs.  The
+** owner pushes and pops without a lock: after a push it checks for a stop
+** itself (one of the two sees the other: both sides are seq_cst), and
+** before a popped coroutine can go away it waits out a stopper reading
+** the chain.
+*/
+static int tracked_resume(lua_State *L, lua_State *co, int narg,
+                          int *nres) {
+  loom_intr *in = intr_of(L);
+  int st, n = 0;
+  if (in != NULL && (n = atomic_load(&in->nchain)) < 64) {
+    atomic_store(&in->chain[n], (uintptr_t)co);
+    atomic_store(&in->nchain, n + 1);
+    if (atomic_load(&in->stop) == atomic_load(&in->gen)) sethook_stop(co);
+  }
+  else in = NULL;   /* too deep to follow: a stop acts when it returns */
+  st = lua_resume(co, L, narg, nres);
+  if (in != NULL) {
+    atomic_store(&in->nchain, n);
+    while (atomic_load(&in->busy)) loom_cpu_relax();
+  }
   return st;
 }
 
-/* Protected: [1] = path, [2] = cpath, [3] = init message; set the state
-** up and run init. */
+/* As lcorolib.c's auxresume, through tracked_resume. */
+static int auxresume(lua_State *L, lua_State *co, int narg) {
+  int status, nres;
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  status = tracked_resume(L, co, narg, &nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);   /* the error */
+  return -1;
+}
+
+static int co_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  int r;
+  luaL_argexpected(L, co, 1, "coroutine");
+  r = auxresume(L, co, lua_gettop(L) - 1);
+  if (r < 0) {
+    rethrow_if_stopped(L, co);
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = auxresume(L, co, lua_gettop(L));
+  if (r < 0) {
+    int stat = lua_status(co);
+    if (stat != LUA_OK && stat != LUA_YIELD) {   /* an error in co */
+      stat = lua_resetthread(co);   /* close its to-be-closed variables */
+      lua_xmove(co, L, 1);
+    }
+    if (stat != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return r;
+}
+
+static int co_wrap(lua_State *L) {
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
+/* pcall and xpcall as lbaselib.c's, but a stopped task's error is
+** raised again instead of caught. */
+static int finishpcall(lua_State *L, int status, lua_KContext extra) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    rethrow_if_stopped(L, NULL);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)extra;
+}
+
+static int worker_pcall(lua_State *L) {
+  int status;
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, 1);   /* the first result if no error */
+  lua_insert(L, 1);
+  status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, finishpcall);
+  return finishpcall(L, status, 0);
+}
+
+static int worker_xpcall(lua_State *L) {
+  int status, n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);   /* below the function's arguments */
+  status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finishpcall);
+  return finishpcall(L, status, 2);
+}
+
+int loom_open_worker_state(lua_State *L) {
+  intr_of(L) = NULL;
+  luaL_openlibs(L);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, worker_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, worker_print);
+  lua_setglobal(L, "print");
+  lua_pushcfunction(L, worker_pcall);
+  lua_setglobal(L, "pcall");
+  lua_pushcfunction(L, worker_xpcall);
+  lua_setglobal(L, "xpcall");
+  lua_getglobal(L, "coroutine");
+  lua_pushcfunction(L, co_resume);
+  lua_setfield(L, -2, "resume");
+  lua_pushcfunction(L, co_wrap);
+  lua_setfield(L, -2, "wrap");
+  lua_pop(L, 1);
+  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  lua_pop(L, 1);
+  /* before any user code can change the libraries; print, os.exit,
+  ** pcall, xpcall and the coroutine functions are named as usual, so they
+  ** cross as the receiver's own */
+  loom_cfuncs_init(L);
+  return 0;
+}
+
+/* Protected: [1] = path, [2] = cpath, [3] = init message, [4] = interrupt
+** point; set the state up and run init. */
 static int task_setup(lua_State *L) {
   const char *path = (const char *)lua_touserdata(L, 1);
   const char *cpath = (const char *)lua_touserdata(L, 2);
   const loom_msg *init = (const loom_msg *)lua_touserdata(L, 3);
+  loom_intr *in = (loom_intr *)lua_touserdata(L, 4);
   int n;
   lua_settop(L, 0);
   loom_open_worker_state(L);
+  if (in != NULL) {
+    /* before any coroutine is made: each copies the main thread's */
+    intr_of(L) = in;
+    loom_pusherror(L, "cancelled", "the task was stopped");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &STOP_KEY);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE);
+    ((loom_mstate *)lua_touserdata(L, -1))->intr = in;
+    lua_pop(L, 1);
+  }
   lua_getglobal(L, "package");
   if (path) {
     lua_pushstring(L, path);
@@ -312,18 +597,24 @@ static int task_setup(lua_State *L) {
 }
 
 char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
-                      const loom_msg *init) {
+                      const loom_msg *init, loom_intr *in) {
   char *err = NULL;
   lua_settop(L, 0);
   lua_pushcfunction(L, task_setup);
   lua_pushlightuserdata(L, (void *)path);
   lua_pushlightuserdata(L, (void *)cpath);
   lua_pushlightuserdata(L, (void *)init);
-  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+  lua_pushlightuserdata(L, in);
+  if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
     err = safe_error_text(L, -1);
     if (err == NULL) err = loom_strdup("not enough memory");
   }
   lua_settop(L, 0);
+  if (err == NULL && in != NULL) {
+    pthread_mutex_lock(&in->mu);
+    in->L = L;   /* stoppable from now on */
+    pthread_mutex_unlock(&in->mu);
+  }
   return err;
 }
 

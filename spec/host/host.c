@@ -6,11 +6,15 @@
 **
 ** Usage, like lua5.4:  host [-e chunk]... [script [args...]]
 ** The state is always closed at the end, so leaks are real leaks.
+** Like lua.c, it turns the first SIGINT during a chunk into an
+** "interrupted!" error (a hook set from the signal handler), and a second
+** one ends the process.
 ** $LOOM_KEEP_LOADED names a module (core.so) to load first and never
 ** unload, so that leak reports at exit can still name its functions.
 */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +30,21 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
+static lua_State *globalL = NULL;
+
+/* As lua.c's lstop and laction. */
+static void lstop(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+static void laction(int i) {
+  int flag = LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT;
+  signal(i, SIG_DFL);   /* a second Ctrl-C ends the process */
+  lua_sethook(globalL, lstop, flag, 1);
+}
+
 static int run(lua_State *L, int status) {
   if (status == LUA_OK) {
     int base = lua_gettop(L) - lua_tointeger(L, -1) - 1;
@@ -33,7 +52,10 @@ static int run(lua_State *L, int status) {
     lua_pop(L, 1);
     lua_pushcfunction(L, traceback);
     lua_insert(L, base);
+    globalL = L;
+    signal(SIGINT, laction);
     status = lua_pcall(L, nargs, 0, base);
+    signal(SIGINT, SIG_DFL);
     lua_remove(L, base);
   }
   if (status != LUA_OK) {
