@@ -12,6 +12,7 @@
 ** the done callbacks still to run and the class metatables.
 */
 #define _GNU_SOURCE
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,7 +349,7 @@ static int l_cpu_count(lua_State *L) {
 /* core._isatty(fd): whether the descriptor is a terminal (map's bar) */
 static int l_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
-  lua_pushboolean(L, fd >= 0 && fd <= 1024 && isatty((int)fd));
+  lua_pushboolean(L, fd >= 0 && fd <= INT_MAX && isatty((int)fd));
   return 1;
 }
 
