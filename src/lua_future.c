@@ -39,10 +39,10 @@ static int future_gc(lua_State *L) {
 ** future -> {fn, ...}.  Errors go to warn.
 */
 static int call_callbacks_k(lua_State *L);
-void loom_run_callbacks(lua_State *L) {
+int loom_run_callbacks(lua_State *L) {
   loom_mstate *ms = loom_getmstate(L);
-  int top, pending, list, n = 0, i;
-  if (ms->ncallbacks <= 0) return;
+  int top, pending, list, n = 0, i, ran = 0;
+  if (ms->ncallbacks <= 0) return 0;
   top = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);
   lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_CALLBACKS);
@@ -66,6 +66,9 @@ void loom_run_callbacks(lua_State *L) {
     lua_pushnil(L);
     lua_rawset(L, pending);
     ms->ncallbacks--;
+    lua_rawgeti(L, list, i + 1);
+    ran += (int)lua_rawlen(L, -1);   /* what loom.poll reports */
+    lua_pop(L, 1);
   }
   for (i = 1; i <= n; i += 2) {
     lua_pushcfunction(L, call_callbacks_k);
@@ -76,6 +79,7 @@ void loom_run_callbacks(lua_State *L) {
     }
   }
   lua_settop(L, top);
+  return ran;
 }
 
 /* [1] future, [2] callbacks: run each, in order, warning on errors. */
@@ -364,6 +368,32 @@ static int future_tostring(lua_State *L) {
   return 1;
 }
 
+/* --------------------------------------------------- polling protocol */
+
+/* f:pollfd(): cqueues' polling protocol (with events and timeout): a
+** descriptor readable once f is done, made on first request and closed
+** when f is freed; so cqueues.poll(f) returns once f is done. */
+static int future_pollfd(lua_State *L) {
+  int fd = loom_future_pollfd(loom_checkfuture(L, 1));
+  if (fd < 0)
+    return luaL_error(L, "cannot make the future's descriptor: %s",
+                      strerror(errno));
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+static int future_events(lua_State *L) {
+  loom_checkfuture(L, 1);
+  lua_pushliteral(L, "r");
+  return 1;
+}
+
+static int future_timeout(lua_State *L) {
+  loom_checkfuture(L, 1);
+  lua_pushnil(L);   /* no deadline of its own */
+  return 1;
+}
+
 /* ------------------------------------------------------------- watcher */
 
 /*
@@ -499,6 +529,9 @@ static const luaL_Reg future_methods[] = {
   {"done", future_done},
   {"add_done_callback", future_add_done_callback},
   {"_failed", future_failed},
+  {"pollfd", future_pollfd},
+  {"events", future_events},
+  {"timeout", future_timeout},
   {NULL, NULL}
 };
 
