@@ -18,6 +18,9 @@ local loom = {
   encode = core.encode,
   decode = core.decode,
   Error = core.Error,
+  -- event loops: a queue of completed futures, and the due callbacks
+  completion_queue = core.completion_queue,
+  poll = core.poll,
 }
 
 local function raise(kind, message)
