@@ -178,6 +178,30 @@ describe("loom.luv", function()
     run_loop()   -- nothing awaited: returns at once
   end)
 
+  it("reports an error raised after await as an error of the loop's callback, once every waiter ran", function()
+    -- luv ends the process on an error in a callback: in a child process
+    local reliability = require "spec.support.reliability"
+    local r = reliability.run([[
+      local loom = require "loom"
+      local uv = require "luv"
+      local lluv = require "loom.luv"
+      local ex = loom.executor(1)
+      local f = ex:submit(function() return 1 end)
+      coroutine.wrap(function()
+        lluv.await(f)
+        error("failed after await")
+      end)()
+      lluv.on_done(f, function() print("the other waiter ran") end)
+      local ok, err = pcall(uv.run)   -- in case this luv raises instead
+      print("uv.run raised: " .. tostring(not ok and err))
+      os.exit(3)
+    ]])
+    assert.is_false(r.how == "exit" and r.status == 0, r.stdout .. r.stderr)
+    assert.is_false(r.how == "exit" and r.status == 124, "the child hung")
+    helpers.assert_contains(r.stdout, "the other waiter ran")
+    helpers.assert_contains(r.stdout .. r.stderr, "failed after await")
+  end)
+
   it("refuses what it cannot await", function()
     local err = helpers.string_error(lluv.await, 42)
     helpers.assert_contains(err, "bad argument #1 to 'await' (loom.Future expected, got number)")

@@ -27,7 +27,9 @@ local M = {}
 local uv            -- the luv module in use
 local queue, poll   -- made on first use
 local active = false
-local waiting = {}  -- future -> { fn, ... }: what its completion calls
+-- future -> what its completion calls: a function (on_done), a coroutine
+-- (await), or a list of them when there are several
+local waiting = {}
 
 local function find_luv()
   if package.loaded.luv then return package.loaded.luv end
@@ -48,24 +50,40 @@ end
 
 local dispatch
 
--- Registers fn to be called with f once f is done, from the loop.
-local function watch(f, fn)
+-- Registers h (a function to call with f, or a coroutine to resume) for
+-- when f is done, from the loop.
+local function watch(f, h)
   if not queue then
     uv = uv or find_luv()
     queue = loom.completion_queue()
     poll = uv.new_poll(queue:pollfd())
   end
-  local fns = waiting[f]
-  if fns then
-    fns[#fns + 1] = fn
-  else
-    waiting[f] = { fn }
+  local hs = waiting[f]
+  if hs == nil then
     queue:add(f)
+    waiting[f] = h
+  elseif type(hs) == "table" then
+    hs[#hs + 1] = h
+  else
+    waiting[f] = { hs, h }
   end
   if not active then
     poll:start("r", dispatch)
     active = true
   end
+end
+
+-- Calls or resumes h for the done future f; returns an error or nil.
+local function fire(h, f)
+  if type(h) == "thread" then
+    if co_status(h) ~= "suspended" then return nil end
+    local ok, e = co_resume(h)
+    if not ok then return traceback(h, e) end
+  else
+    local ok, e = pcall(h, f)
+    if not ok then return e == nil and "nil" or e end
+  end
+  return nil
 end
 
 -- The poll callback: the queue's descriptor is readable.
@@ -76,13 +94,18 @@ function dispatch(err)
   while true do
     local f = queue:pop(0)
     if not f then break end
-    local fns = waiting[f]
+    local hs = waiting[f]
     waiting[f] = nil
-    for i = 1, #fns do
-      -- each runs even when one before it fails; the first error is
-      -- raised once all have run (luv reports errors of its callbacks)
-      local ok, e = pcall(fns[i], f)
-      if not ok and failure == nil then failure = e end
+    -- each runs even when one before it fails; the first error is raised
+    -- once all have run (luv reports the errors of its callbacks)
+    if type(hs) == "table" then
+      for i = 1, #hs do
+        local e = fire(hs[i], f)
+        if failure == nil then failure = e end
+      end
+    else
+      local e = fire(hs, f)
+      if failure == nil then failure = e end
     end
   end
   if #queue == 0 and active then
@@ -109,12 +132,7 @@ function M.await(f)
     if main then
       error("loom.luv.await must be called from a coroutine (not the main one)", 2)
     end
-    watch(f, function()
-      if co_status(co) == "suspended" then
-        local ok, e = co_resume(co)
-        if not ok then error(traceback(co, e), 0) end
-      end
-    end)
+    watch(f, co)
     -- a resume for anything else finds f not done and waits again
     repeat co_yield() until f:done()
   end
