@@ -56,7 +56,10 @@ local function watch(f, h)
   if not queue then
     uv = uv or find_luv()
     queue = loom.completion_queue()
+  end
+  if not poll or poll:is_closing() then   -- first use, or closed by uv.walk
     poll = uv.new_poll(queue:pollfd())
+    active = false
   end
   local hs = waiting[f]
   if hs == nil then
