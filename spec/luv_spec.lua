@@ -186,12 +186,14 @@ describe("loom.luv", function()
       local uv = require "luv"
       local lluv = require "loom.luv"
       local ex = loom.executor(1)
-      local f = ex:submit(function() return 1 end)
+      local gate = loom.channel()   -- f finishes once both wait for it
+      local f = ex:submit(function(g) g:pop(60) return 1 end, gate)
       coroutine.wrap(function()
         lluv.await(f)
         error("failed after await")
       end)()
       lluv.on_done(f, function() print("the other waiter ran") end)
+      gate:push(true)
       local ok, err = pcall(uv.run)   -- in case this luv raises instead
       print("uv.run raised: " .. tostring(not ok and err))
       os.exit(3)
@@ -225,6 +227,10 @@ describe("loom.luv", function()
     helpers.assert_contains(err, "must be called from a coroutine")
     err = helpers.string_error(lluv.on_done, f, "x")
     helpers.assert_contains(err, "bad argument #2 to 'on_done' (function expected, got string)")
+    err = helpers.string_error(lluv.using, {})
+    helpers.assert_contains(err, "bad argument #1 to 'using' (a luv module expected)")
+    err = helpers.string_error(lluv.using, uv)   -- earlier tests used it
+    helpers.assert_contains(err, "loom.luv is in use already")
     gate:close()
   end)
 end)

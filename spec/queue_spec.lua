@@ -45,6 +45,16 @@ local function have_fdinfo()
   return f ~= nil
 end
 
+-- Waits until f is done and its completion has fully happened: result()
+-- can return as soon as the future's state says done, while the worker
+-- still holds the lock under which it signals descriptors and queues;
+-- cancel() takes that lock, so once it returns (false: finished) the
+-- completion is over.
+local function settled(f)
+  f:result(PATIENCE)
+  assert.is_false(f:cancel())
+end
+
 local function need_eventfd(fd)
   if readable(fd) == nil then
     pending("no eventfd counter in /proc/self/fdinfo on this system")
@@ -137,6 +147,18 @@ describe("loom.completion_queue", function()
       local f = ex:submit(function(x) return x end, round)
       q:add(f)
       assert.are.equal(round, assert(q:pop(PATIENCE)):result())
+    end
+  end)
+
+  it("holds a future as soon as the future says it is done", function()
+    local s = helpers.scope(finally)
+    local ex = s:executor(2)
+    local q = loom.completion_queue()
+    for i = 1, 2000 do
+      local f = ex:submit(function(x) return x end, i)
+      q:add(f)
+      assert.are.equal(i, f:result(PATIENCE))
+      assert.is_true(rawequal(f, q:pop(0)))   -- no wait: it is there
     end
   end)
 
@@ -252,10 +274,10 @@ describe("loom.completion_queue", function()
       q:add(f1, f2)
       assert.is_false(readable(fd))
       gate1:close()
-      f1:result(PATIENCE)
+      settled(f1)
       assert.is_true(readable(fd))
       gate2:close()
-      f2:result(PATIENCE)
+      settled(f2)
       assert.is_true(readable(fd))
       assert.is_true(rawequal(f1, q:pop(0)))
       assert.is_true(readable(fd))   -- f2 still waits
@@ -269,7 +291,7 @@ describe("loom.completion_queue", function()
       local q = loom.completion_queue()
       local f = ex:submit(function() end)
       q:add(f)
-      f:result(PATIENCE)
+      settled(f)
       local fd = q:pollfd()
       if not need_eventfd(fd) then return end
       assert.is_true(readable(fd))
@@ -292,7 +314,7 @@ describe("a future's polling protocol", function()
     if not need_eventfd(fd) then return end
     assert.is_false(readable(fd))
     gate:close()
-    f:result(PATIENCE)
+    settled(f)
     assert.is_true(readable(fd))
     assert.is_true(readable(fd))   -- stays readable: done is for good
   end)

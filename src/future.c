@@ -119,10 +119,16 @@ int loom_future_isdone(loom_future *f) {
   return s == LOOM_FINISHED || s == LOOM_CANCELLED;
 }
 
+/*
+** The waiters first, the state next, f's own descriptor last.  Whoever
+** sees f done (its state is read without the lock) then finds it in every
+** queue it was added to, each queue's descriptor readable; a waiter that
+** wakes before the state is stored unwatches f (under sched->mu) before it
+** looks, so it sees f done too.  f's descriptor is readable only once f
+** says done, so a loop woken by it never finds f still running.
+*/
 void loom_future_complete_locked(loom_future *f, int state) {
   loom_wlink *l;
-  atomic_store_explicit(&f->state, state, memory_order_release);
-  if (f->pollfd) loom_wakefd_signal(f->pollfd);
   for (l = f->waiters; l != NULL; l = l->next) {
     loom_waiter *w = l->w;
     pthread_mutex_lock(&w->mu);
@@ -131,6 +137,8 @@ void loom_future_complete_locked(loom_future *f, int state) {
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
   }
+  atomic_store_explicit(&f->state, state, memory_order_release);
+  if (f->pollfd) loom_wakefd_signal(f->pollfd);
 }
 
 int loom_future_finish_locked(loom_future *f, loom_outcome *o) {
