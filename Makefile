@@ -21,11 +21,21 @@ BUSTED     ?= busted
 SRC  = src/alloc.c src/transfer.c src/channel.c src/future.c src/task.c \
        src/pool.c src/lua_module.c src/lua_future.c src/lua_executor.c \
        src/lua_channel.c
+# completion queues; loom's Lua modules built into the core
+SRC += src/lua_queue.c src/lua_preload.c
 HDR  = src/loom.h
 SO  ?= loom/core.so
 
 ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
              -I$(LUA_INCDIR) $(CFLAGS) $(EXTRA_CFLAGS)
+
+# lua/loom/*.lua as a C header (not committed), which src/lua_preload.c
+# includes, so that the core carries loom's Lua modules: a host that links
+# loom in needs no Lua files, nor do worker states.
+GENDIR ?= build/gen
+GEN = $(GENDIR)/loom_lua.h
+LUA_MODULES = $(sort $(wildcard lua/loom/*.lua))
+ALL_CFLAGS += -I$(GENDIR)
 
 LUA_LIBDIR ?= $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)
 LUA_STATIC ?= $(LUA_LIBDIR)/liblua5.4.a
@@ -36,6 +46,7 @@ RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
 
 .PHONY: all install test demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot callgrind fuzz soak clean
+.PHONY: embed embed-valgrind
 
 all: $(SO)
 
@@ -47,6 +58,13 @@ OBJ = $(SRC:src/%.c=$(OBJDIR)/%.o)
 $(OBJDIR)/%.o: src/%.c $(HDR)
 	@mkdir -p $(OBJDIR)
 	$(CC) $(ALL_CFLAGS) -Wfatal-errors -c -o $@ $<
+
+$(OBJDIR)/lua_preload.o: $(GEN)
+
+$(GEN): $(LUA_MODULES) src/embed.lua
+	@mkdir -p $(GENDIR)
+	$(LUA) src/embed.lua lua $(LUA_MODULES) > $@.tmp
+	mv $@.tmp $@
 
 $(SO): $(OBJ)
 	@mkdir -p $(dir $(SO))
@@ -98,6 +116,7 @@ doc:
 
 test: test-deps
 	@sh .ci/deps.sh liblua5.3-dev || echo "loom: no Lua 5.3 headers, so the version guard spec is pending"
+	@sh .ci/deps.sh lua-luv lua-cqueues || echo "loom: no lua-luv or lua-cqueues, so the event loop specs are pending"
 	$(MAKE) all
 	$(BUSTED) --lua=$(LUA) -o utfTerminal spec
 
@@ -118,9 +137,9 @@ SAN_ENV     = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_afte
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
               TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/spec/host/tsan.supp"
 
-build/%/loom/core.so: $(SRC) $(HDR)
+build/%/loom/core.so: $(SRC) $(HDR) $(GEN)
 	@mkdir -p $(dir $@)
-	$(SAN_CC) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR) \
+	$(SAN_CC) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR) -I$(GENDIR) \
 	  $($(shell echo $* | tr a-z A-Z)_FLAGS) -shared -o $@ $(SRC) -pthread
 
 build/%/host: spec/host/host.c
@@ -171,17 +190,35 @@ failpoints: deps build/failpoints/host build/failpoints/loom/core.so
 	  LOOM_KEEP_LOADED=$(CURDIR)/build/$@/loom/core.so \
 	  build/$@/host $(BUSTED_BIN) --ignore-lua --run=$@ spec/alloc_failure_spec.lua
 
+# --- embedding ------------------------------------------------------------
+# examples/embed/host.c: a C program with Lua 5.4 and loom linked in (no
+# core.so, no Lua files); -Wl,-E lets the Lua code it runs load C modules.
+EMBED = build/embed/host
+$(EMBED): examples/embed/host.c $(SRC) $(HDR) $(GEN)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR) -I$(GENDIR) \
+	  $(CFLAGS) -o $@ examples/embed/host.c $(SRC) $(LUA_STATIC) \
+	  -lm -ldl -Wl,-E -pthread
+
+embed: deps $(EMBED)
+	$(EMBED)
+
+embed-valgrind: deps $(EMBED)
+	sh .ci/deps.sh valgrind
+	$(VALGRIND) $(EMBED)
+
 # Everything CI checks beyond 'make test': sanitizers, valgrind,
 # allocation failures and a short fuzz run.
 check: deps
 	$(MAKE) asan
 	$(MAKE) tsan
 	$(MAKE) valgrind
+	$(MAKE) embed-valgrind
 	$(MAKE) failpoints
 	$(MAKE) fuzz FUZZ_SECONDS=60
 
 lint:
-	luacheck lua spec examples bench
+	luacheck lua spec examples bench tools
 
 clean:
 	rm -rf loom build src/*.o

@@ -8,6 +8,7 @@
 --   lua5.4 bench/loom_bench.lua all [runs] [w2_runs]   every in-process workload
 --   lua5.4 bench/loom_bench.lua w2 [w2_runs]           only W2 (for bench/plot.sh)
 --   lua5.4 bench/loom_bench.lua mem                    one W5 memory probe
+--   lua5.4 bench/loom_bench.lua w6 [runs]              W6, in a luv loop (needs luv)
 --
 -- The memory probe must run in a fresh process: VmHWM is a high-water mark
 -- over the life of the process, and W3 alone pushes it up by tens of MiB.
@@ -317,8 +318,85 @@ local function w5_mem()
 end
 
 ---------------------------------------------------------------------------
+-- W6: event loops. Completions delivered through loom.luv, against the
+-- same tasks collected with f:result(); and the largest delay a 1 ms luv
+-- timer sees while both workers run CPU-bound tasks, against the same
+-- timer with no loom work.
+local function w6(runs)
+  local have, uv = pcall(require, "luv")
+  if not have then return { skipped = "luv is not installed (apt-get install lua-luv)" } end
+  local lluv = require "loom.luv"
+  local N = 20000
+  progress("W6 %d trivial tasks through loom.luv x %d runs", N, runs)
+  local ex <close> = loom.executor { workers = 2 }
+  local sink = 0
+  local function got(f) sink = sink + f:result() end
+  local samples = rounds(runs, {
+    result = function()
+      local futs = {}
+      for i = 1, N do futs[i] = ex:submit(inc, i) end
+      for i = 1, N do sink = sink + futs[i]:result() end
+    end,
+    on_done = function()
+      for i = 1, N do lluv.on_done(ex:submit(inc, i), got) end
+      uv.run()
+    end,
+    await = function()   -- a coroutine per task, as a server would have
+      for i = 1, N do
+        local f = ex:submit(inc, i)
+        coroutine.wrap(function() sink = sink + lluv.await(f) end)()
+      end
+      uv.run()
+    end,
+  }, { "result", "on_done", "await" })
+  samples.n = N
+
+  -- The 1 ms timer: the largest gap between two ticks, over SECONDS.
+  local SECONDS, TASK = 1, 0.02
+  local n = calibrate(TASK)
+  local function largest_gap(busy)
+    local timer = uv.new_timer()
+    local stop_at = uv.hrtime() + SECONDS * 1e9
+    local last, worst, ticks, stopping = nil, 0, 0, false
+    timer:start(1, 1, function()
+      local now = uv.hrtime()
+      if last and now - last > worst then worst = now - last end
+      last, ticks = now, ticks + 1
+      if now >= stop_at then
+        stopping = true
+        timer:close()
+      end
+    end)
+    if busy then   -- keep both workers busy: 4 tasks of ~20 ms in flight
+      local function feed()
+        if not stopping then lluv.on_done(ex:submit(spin, n), feed) end
+      end
+      for _ = 1, 4 do feed() end
+    end
+    uv.run()
+    return worst / 1e9, ticks
+  end
+  samples.timer_idle, samples.timer_busy = {}, {}
+  samples.ticks_idle, samples.ticks_busy = {}, {}
+  samples.timer_seconds, samples.task_seconds = SECONDS, TASK
+  for r = 0, runs do   -- round 0 is the warm-up
+    collectgarbage("collect")
+    local idle, ti = largest_gap(false)
+    collectgarbage("collect")
+    local busy, tb = largest_gap(true)
+    if r > 0 then
+      samples.timer_idle[r], samples.ticks_idle[r] = idle, ti
+      samples.timer_busy[r], samples.ticks_busy[r] = busy, tb
+    end
+  end
+  return samples
+end
+
+---------------------------------------------------------------------------
 local out
-if MODE == "mem" then
+if MODE == "w6" then
+  out = { w6 = w6(RUNS) }
+elseif MODE == "mem" then
   out = w5_mem()
 elseif MODE == "w2" then
   out = { w2 = w2(W2_RUNS) }
@@ -331,7 +409,7 @@ elseif MODE == "all" then
     w2 = w2(W2_RUNS),   -- last: the longest, and it calibrates on a quiet heap
   }
 else
-  error("usage: loom_bench.lua all|w2|mem [runs] [w2_runs]")
+  error("usage: loom_bench.lua all|w2|w6|mem [runs] [w2_runs]")
 end
 out.lua_version = _VERSION
 io.write(to_json(out), "\n")

@@ -91,6 +91,8 @@ def collect():
     print(f"loom bench: {RUNS} runs ({W2_RUNS} for W2) after a warm-up; "
           "this takes a few minutes", file=sys.stderr, flush=True)
     lua = run_json([LUA, "bench/loom_bench.lua", "all", str(RUNS), str(W2_RUNS)])
+    # W6 runs in a luv loop of its own (skipped, and said so, without luv)
+    lua["w6"] = run_json([LUA, "bench/loom_bench.lua", "w6", str(RUNS)])["w6"]
     # W5 memory: one fresh process per sample (VmHWM is per process); the
     # first is the warm-up (page cache, dynamic loader) and is dropped.
     lua_mem = [run_json([LUA, "bench/loom_bench.lua", "mem"])
@@ -157,6 +159,15 @@ def figures(lua, py, lua_mem, py_mem):
     secs("w5.loom.startup", lua["w5"]["startup"], "ms")
     secs("w5.pyT.startup", py["w5"]["thread_startup"], "ms")
     secs("w5.pyP.startup", py["w5"]["process_startup"], "ms")
+
+    w6 = lua.get("w6")
+    if w6 and "skipped" not in w6:
+        n = w6["n"]
+        rate("w6.result", w6["result"], n, "tasks/s")
+        rate("w6.on_done", w6["on_done"], n, "tasks/s")
+        rate("w6.await", w6["await"], n, "tasks/s")
+        secs("w6.timer.idle", w6["timer_idle"], "ms")
+        secs("w6.timer.busy", w6["timer_busy"], "ms")
     return fig
 
 
@@ -278,7 +289,34 @@ def table_rows(fig, lua, py):
         ("Py ProcessPoolExecutor(2) + 1st result", "w5.pyP.startup", None, None,
          None, []),
     ]
+    rows += w6_rows(fig, lua)
     return rows
+
+
+def w6_rows(fig, lua):
+    """W6, event loops: completions through loom.luv against f:result(), and
+    what a 1 ms luv timer feels while both workers compute."""
+    w6 = lua.get("w6")
+    if not w6:
+        return []
+    if "skipped" in w6:
+        return [("W6", f"event loops: skipped, {w6['skipped']}")]
+    v = lambda k: fig[k]["value"]  # noqa: E731
+    of_result = lambda k: target(f"{num(v(k) / v('w6.result'))}x f:result()")  # noqa: E731
+    busy, idle = v("w6.timer.busy"), v("w6.timer.idle")
+    return [
+        ("W6", f"event loops (luv): {w6['n']:,} trivial tasks, 2 workers; a 1 ms "
+               f"timer for {w6['timer_seconds']:g} s, largest gap between ticks"),
+        ("loom f:result() on each future", "w6.result", None, None, None, []),
+        ("loom.luv on_done, from the loop", "w6.on_done", None, None, None,
+         [of_result("w6.on_done")]),
+        ("loom.luv await, a coroutine per task", "w6.await", None, None, None,
+         [of_result("w6.await")]),
+        ("1 ms timer, no loom work", "w6.timer.idle", None, None, None, []),
+        ("1 ms timer, both workers computing", "w6.timer.busy", None, None, None,
+         [target(f"{num(busy * 1e3)} ms against {num(idle * 1e3)} ms idle "
+                 f"({w6['task_seconds'] * 1e3:g} ms tasks)")]),
+    ]
 
 
 def judge(measured, op, threshold):

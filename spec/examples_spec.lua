@@ -62,6 +62,28 @@ describe("examples", function()
     assert.are.equal(1, failed)
   end)
 
+  it("cqueues_await.lua awaits four counts in a controller and an error through await", function()
+    if not pcall(require, "cqueues") then
+      pending("cqueues is not installed (apt-get install lua-cqueues; make test installs it)")
+      return
+    end
+    local out = lines(run_example("cqueues_await", "20000"))
+    assert.are.equal(6, #out, table.concat(out, "\n"))
+    local ranges, total = 0, 0
+    for _, line in ipairs(out) do
+      local n = line:match("^primes in %[%d+, %d+%): (%d+)$")
+      if n then ranges, total = ranges + 1, total + tonumber(n) end
+    end
+    assert.are.equal(4, ranges)
+    assert.are.equal(2262, total)
+    assert.truthy(out[6]:match("^primes below 20000: 2262 %(the loop ticked %d+ times meanwhile%)$"), out[6])
+    local errors = 0
+    for _, line in ipairs(out) do
+      if line == "an error through await:\tfalse\tno such thing" then errors = errors + 1 end
+    end
+    assert.are.equal(1, errors)
+  end)
+
   it("encode_decode.lua round-trips and refuses as it says", function()
     local out = run_example("encode_decode")
     assert.truthy(out:find("refused a function", 1, true))

@@ -99,6 +99,7 @@ local CASES = {
   ["ex:shutdown{wait = true}"] = "ready() ex:shutdown { wait = true }",
   ["ex:close"] = "ready() ex:close()",
   ["f:result inside a coroutine"] = "ready() coroutine.wrap(function() f:result() end)()",
+  ["q:pop of a completion queue"] = "local q = loom.completion_queue() q:add(f) ready() q:pop()",
 }
 
 describe("Ctrl-C (SIGINT in lua5.4)", function()

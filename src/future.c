@@ -17,10 +17,22 @@
 ** mutex).  Completion fires every linked waiter, so a result is never lost
 ** between the check and the sleep: the check and the linking happen under
 ** the same lock as the completion.  Lock order: sched->mu, then w->mu.
+**
+** Event loops wait on descriptors instead (see loom_wakefd): a queueing
+** waiter may have one, readable while its done list is not empty, and a
+** future gets one of its own when first asked.  Completion writes them
+** (a non-blocking write, under the same locks); nobody who never asks
+** for a descriptor pays a system call for it.
 */
 #include <errno.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/eventfd.h>
+#else
+#include <fcntl.h>
+#endif
 
 #include "loom.h"
 
@@ -94,6 +106,10 @@ void loom_future_decref(loom_future *f) {
     return;
   loom_msg_free(f->task);
   loom_outcome_free(&f->out);
+  if (f->pollfd) {
+    loom_wakefd_close(f->pollfd);
+    loom_free(f->pollfd);
+  }
   if (f->sched) loom_sched_decref(f->sched);
   loom_free(f);
 }
@@ -103,21 +119,26 @@ int loom_future_isdone(loom_future *f) {
   return s == LOOM_FINISHED || s == LOOM_CANCELLED;
 }
 
+/*
+** The waiters first, the state next, f's own descriptor last.  Whoever
+** sees f done (its state is read without the lock) then finds it in every
+** queue it was added to, each queue's descriptor readable; a waiter that
+** wakes before the state is stored unwatches f (under sched->mu) before it
+** looks, so it sees f done too.  f's descriptor is readable only once f
+** says done, so a loop woken by it never finds f still running.
+*/
 void loom_future_complete_locked(loom_future *f, int state) {
   loom_wlink *l;
-  atomic_store_explicit(&f->state, state, memory_order_release);
   for (l = f->waiters; l != NULL; l = l->next) {
     loom_waiter *w = l->w;
     pthread_mutex_lock(&w->mu);
     w->fired++;
-    if (w->queue) {
-      l->dnext = NULL;
-      if (w->dtail) w->dtail->dnext = l; else w->dhead = l;
-      w->dtail = l;
-    }
+    if (w->queue) loom_waiter_push_locked(w, l);
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
   }
+  atomic_store_explicit(&f->state, state, memory_order_release);
+  if (f->pollfd) loom_wakefd_signal(f->pollfd);
 }
 
 int loom_future_finish_locked(loom_future *f, loom_outcome *o) {
@@ -152,6 +173,7 @@ void loom_waiter_init(loom_waiter *w, int queue) {
   w->fired = 0;
   w->queue = queue;
   w->dhead = w->dtail = NULL;
+  w->wake = NULL;
 }
 
 void loom_waiter_destroy(loom_waiter *w) {
@@ -204,11 +226,21 @@ int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline,
   return fired;
 }
 
+void loom_waiter_push_locked(loom_waiter *w, loom_wlink *l) {
+  l->dnext = NULL;
+  if (w->dtail) w->dtail->dnext = l; else w->dhead = l;
+  w->dtail = l;
+  if (w->wake) loom_wakefd_signal(w->wake);
+}
+
 loom_wlink *loom_waiter_pop_locked(loom_waiter *w) {
   loom_wlink *l = w->dhead;
   if (l != NULL) {
     w->dhead = l->dnext;
-    if (w->dhead == NULL) w->dtail = NULL;
+    if (w->dhead == NULL) {
+      w->dtail = NULL;
+      if (w->wake) loom_wakefd_drain(w->wake);
+    }
   }
   return l;
 }
@@ -260,4 +292,100 @@ void loom_intr_wake_locked(loom_intr *in) {
   pthread_mutex_lock(in->wmu);
   pthread_cond_broadcast(in->wcv);
   pthread_mutex_unlock(in->wmu);
+}
+
+/* ------------------------------------------------------- wake descriptors */
+
+#if !defined(__linux__)
+static int set_flags(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+  return fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+#endif
+
+int loom_wakefd_open(loom_wakefd *e) {
+  e->up = 0;
+#if defined(__linux__)
+  e->r = e->w = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  return e->r < 0 ? errno : 0;
+#else
+  {
+    int fds[2], err;
+    if (pipe(fds) != 0) return errno;
+    if (set_flags(fds[0]) != 0 || set_flags(fds[1]) != 0) {
+      err = errno;
+      close(fds[0]);
+      close(fds[1]);
+      return err;
+    }
+    e->r = fds[0];
+    e->w = fds[1];
+    return 0;
+  }
+#endif
+}
+
+void loom_wakefd_close(loom_wakefd *e) {
+  if (e->r >= 0) close(e->r);
+  if (e->w >= 0 && e->w != e->r) close(e->w);
+  e->r = e->w = -1;
+  e->up = 0;
+}
+
+/* One write makes it readable, and 'up' keeps it to one: a pipe never
+** fills, an eventfd's counter never nears its limit. */
+void loom_wakefd_signal(loom_wakefd *e) {
+  ssize_t n;
+  if (e->up) return;
+  e->up = 1;
+#if defined(__linux__)
+  {
+    uint64_t one = 1;
+    do n = write(e->w, &one, sizeof one); while (n < 0 && errno == EINTR);
+  }
+#else
+  do n = write(e->w, "", 1); while (n < 0 && errno == EINTR);
+#endif
+  (void)n;
+}
+
+void loom_wakefd_drain(loom_wakefd *e) {
+  ssize_t n;
+  if (!e->up) return;
+  e->up = 0;
+#if defined(__linux__)
+  {
+    uint64_t v;   /* reading an eventfd resets its counter */
+    do n = read(e->r, &v, sizeof v); while (n < 0 && errno == EINTR);
+  }
+#else
+  {
+    char buf[16];
+    do n = read(e->r, buf, sizeof buf); while (n > 0 || (n < 0 && errno == EINTR));
+  }
+#endif
+  (void)n;
+}
+
+int loom_future_pollfd(loom_future *f) {
+  loom_wakefd *e = f->pollfd;   /* only this thread sets it */
+  int err;
+  if (e != NULL) return e->r;
+  e = (loom_wakefd *)loom_malloc(sizeof *e);
+  if (e == NULL) {
+    errno = ENOMEM;
+    return -1;
+  }
+  if ((err = loom_wakefd_open(e)) != 0) {
+    loom_free(e);
+    errno = err;
+    return -1;
+  }
+  /* under the lock that completion holds: done now, or signalled later */
+  pthread_mutex_lock(&f->sched->mu);
+  f->pollfd = e;
+  if (loom_future_isdone(f)) loom_wakefd_signal(e);
+  pthread_mutex_unlock(&f->sched->mu);
+  return e->r;
 }

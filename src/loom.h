@@ -15,6 +15,8 @@
 **   lua_future.c   the binding of futures, waiting, as_completed, map
 **   lua_executor.c the binding of executors
 **   lua_channel.c  the binding of channels
+**   lua_queue.c    the binding of completion queues, and loom.poll
+**   lua_preload.c  loom's Lua modules, built into the core
 **
 ** Only luaopen_loom_core is exported; everything else is hidden.
 */
@@ -331,6 +333,8 @@ struct loom_waiter {
   int fired;               /* completions seen */
   int queue;               /* keep the done list */
   loom_wlink *dhead, *dtail;
+  struct loom_wakefd *wake; /* or NULL: readable while the done list is
+                              not empty (see loom_waiter_push_locked) */
 };
 
 struct loom_future {
@@ -346,6 +350,10 @@ struct loom_future {
   int nchunk, nseq;        /* a map chunk: nchunk calls of nseq args */
   /* Set once, under sched->mu, when it finishes; read-only after. */
   loom_outcome out;
+  /* f:pollfd(): made on first request (set under sched->mu), readable
+  ** once f is done; NULL for every future nobody asked.  Closed when the
+  ** future is freed. */
+  struct loom_wakefd *pollfd;
 };
 
 /* A new pending future holding task (taken), or NULL: out of memory. */
@@ -373,7 +381,8 @@ LOOM_API void loom_future_unwatch(loom_future *f, loom_wlink *l);
 ** 0 not (yet). */
 LOOM_API int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline,
                               loom_intr *in);
-/* The next link of the done list (with w->mu held), or NULL. */
+/* The next link of the done list (with w->mu held), or NULL; a waiter's
+** wake descriptor is drained when its list becomes empty. */
 LOOM_API loom_wlink *loom_waiter_pop_locked(loom_waiter *w);
 
 /* A pause inside a spin loop. */
@@ -389,6 +398,33 @@ LOOM_API loom_wlink *loom_waiter_pop_locked(loom_waiter *w);
 LOOM_API void loom_deadline(struct timespec *ts, double secs);
 LOOM_API double loom_now(void);   /* monotonic seconds */
 LOOM_API char *loom_strdup(const char *s);
+
+/* ------------------------------------------------- event loops (wake) */
+
+/*
+** A descriptor that an event loop (luv, cqueues, a C host's poll) watches
+** for reading: an eventfd (Linux) or a pipe.  It is readable exactly while
+** 'up' is set; whoever owns it guards 'up' with one lock (a queue's
+** waiter mutex, a future's sched mutex).  Signalling is a non-blocking
+** write and never allocates, so it may run under those locks.
+*/
+typedef struct loom_wakefd {
+  int r, w;                /* read and write ends (equal for an eventfd) */
+  int up;                  /* readable: signalled and not drained */
+} loom_wakefd;
+
+/* Open e (not signalled): 0, or an errno value. */
+LOOM_API int loom_wakefd_open(loom_wakefd *e);
+LOOM_API void loom_wakefd_close(loom_wakefd *e);
+LOOM_API void loom_wakefd_signal(loom_wakefd *e);   /* make it readable */
+LOOM_API void loom_wakefd_drain(loom_wakefd *e);    /* and not readable */
+
+/* With w->mu held: append the fired link l to w's done list (signalling
+** w->wake when the list was empty). */
+LOOM_API void loom_waiter_push_locked(loom_waiter *w, loom_wlink *l);
+/* The descriptor of f (made on first call): readable once f is done.
+** -1 with errno set when it cannot be made.  Only f's owner calls it. */
+LOOM_API int loom_future_pollfd(loom_future *f);
 
 /* ----------------------------------------------------------------- task */
 
@@ -542,9 +578,13 @@ LOOM_API int loom_block_interrupted(loom_block *b);
 LOOM_API void loom_block_poke(loom_block *b);
 
 /* lua_future.c */
+/* The next link on the done list of queueing waiter w, waiting up to t
+** seconds (< 0: forever) as every blocking call does; NULL if none came. */
+LOOM_API loom_wlink *loom_waiter_next(lua_State *L, loom_waiter *w, double t);
 LOOM_API loom_future *loom_checkfuture(lua_State *L, int idx);
-/* Run the done callbacks of the futures of this state that are done. */
-LOOM_API void loom_run_callbacks(lua_State *L);
+/* Run the done callbacks of the futures of this state that are done;
+** returns how many callbacks ran. */
+LOOM_API int loom_run_callbacks(lua_State *L);
 LOOM_API void loom_open_future(lua_State *L, int ms, int lib);
 
 /* lua_executor.c */
@@ -552,6 +592,13 @@ LOOM_API void loom_open_executor(lua_State *L, int ms, int lib);
 
 /* lua_channel.c */
 LOOM_API void loom_open_channel(lua_State *L, int ms, int lib);
+
+/* lua_queue.c: completion queues, loom.poll */
+LOOM_API void loom_open_queue(lua_State *L, int ms, int lib);
+
+/* lua_preload.c: package.preload entries for loom's own Lua modules,
+** built into the core (for hosts that link it in, and worker states) */
+LOOM_API void loom_open_preload(lua_State *L, int lib);
 /* Close the channels this state made (at its end). */
 LOOM_API void loom_close_channels(loom_mstate *ms);
 

@@ -42,10 +42,10 @@ static int future_gc(lua_State *L) {
 ** future -> {fn, ...}.  Errors go to warn.
 */
 static int call_callbacks_k(lua_State *L);
-void loom_run_callbacks(lua_State *L) {
+int loom_run_callbacks(lua_State *L) {
   loom_mstate *ms = loom_getmstate(L);
-  int top, pending, list, n = 0, i;
-  if (ms->ncallbacks <= 0) return;
+  int top, pending, list, n = 0, i, ran = 0;
+  if (ms->ncallbacks <= 0) return 0;
   top = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);
   lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_CALLBACKS);
@@ -69,6 +69,9 @@ void loom_run_callbacks(lua_State *L) {
     lua_pushnil(L);
     lua_rawset(L, pending);
     ms->ncallbacks--;
+    lua_rawgeti(L, list, i + 1);
+    ran += (int)lua_rawlen(L, -1);   /* what loom.poll reports */
+    lua_pop(L, 1);
   }
   for (i = 1; i <= n; i += 2) {
     lua_pushcfunction(L, call_callbacks_k);
@@ -79,6 +82,7 @@ void loom_run_callbacks(lua_State *L) {
     }
   }
   lua_settop(L, top);
+  return ran;
 }
 
 /* [1] future, [2] callbacks: run each, in order, warning on errors. */
@@ -438,6 +442,32 @@ static int future_tostring(lua_State *L) {
   return 1;
 }
 
+/* --------------------------------------------------- polling protocol */
+
+/* f:pollfd(): cqueues' polling protocol (with events and timeout): a
+** descriptor readable once f is done, made on first request and closed
+** when f is freed; so cqueues.poll(f) returns once f is done. */
+static int future_pollfd(lua_State *L) {
+  int fd = loom_future_pollfd(loom_checkfuture(L, 1));
+  if (fd < 0)
+    return luaL_error(L, "cannot make the future's descriptor: %s",
+                      strerror(errno));
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+static int future_events(lua_State *L) {
+  loom_checkfuture(L, 1);
+  lua_pushliteral(L, "r");
+  return 1;
+}
+
+static int future_timeout(lua_State *L) {
+  loom_checkfuture(L, 1);
+  lua_pushnil(L);   /* no deadline of its own */
+  return 1;
+}
+
 /* ------------------------------------------------------------- watcher */
 
 /*
@@ -517,37 +547,46 @@ static int watch_new(lua_State *L) {
   return 1;
 }
 
-/* w:next([timeout]) -> index of the next completed future, or nil */
-static int watch_next(lua_State *L) {
-  watcher *wt = (watcher *)luaL_checkudata(L, 1, LOOM_WATCHER);
-  double t = loom_opttimeout(L, 2);
+/*
+** The next link on the done list of queueing waiter w, waiting up to t
+** seconds (< 0: forever) in slices, as every blocking call does; NULL
+** when none came in time.  The done list only grows while this waits.
+*/
+loom_wlink *loom_waiter_next(lua_State *L, loom_waiter *w, double t) {
   loom_wlink *l = NULL;
   loom_block b;
-  int idx, begun = 0;
-  if (!wt->live) return 0;
+  int begun = 0;
   for (;;) {
     struct timespec ts;
     int more = 1, slept = 0;
     if (begun) more = loom_block_slice(&b, &ts);
-    loom_intr_enter(begun ? b.in : NULL, &wt->w.mu, &wt->w.cv);
-    pthread_mutex_lock(&wt->w.mu);
+    loom_intr_enter(begun ? b.in : NULL, &w->mu, &w->cv);
+    pthread_mutex_lock(&w->mu);
     for (;;) {
-      if ((l = loom_waiter_pop_locked(&wt->w)) != NULL) break;
-      if (wt->nout >= wt->n || t == 0 || !begun || !more || slept
-          || loom_intr_fired(b.in))
+      if ((l = loom_waiter_pop_locked(w)) != NULL) break;
+      if (t == 0 || !begun || !more || slept || loom_intr_fired(b.in))
         break;
       /* one slice: a completion, or the slice's end, ends it */
-      slept = pthread_cond_timedwait(&wt->w.cv, &wt->w.mu, &ts) == ETIMEDOUT;
+      slept = pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT;
     }
-    pthread_mutex_unlock(&wt->w.mu);
+    pthread_mutex_unlock(&w->mu);
     loom_intr_leave(begun ? b.in : NULL);
-    if (l != NULL || wt->nout >= wt->n || t == 0 || !more) break;
+    if (l != NULL || t == 0 || !more) return l;
     if (!begun) {   /* nothing yet: from now on, wait in slices */
       loom_block_begin(L, &b, t);
       begun = 1;
     }
     else if (loom_block_interrupted(&b)) loom_block_poke(&b);
   }
+}
+
+/* w:next([timeout]) -> index of the next completed future, or nil */
+static int watch_next(lua_State *L) {
+  watcher *wt = (watcher *)luaL_checkudata(L, 1, LOOM_WATCHER);
+  double t = loom_opttimeout(L, 2);
+  loom_wlink *l = NULL;
+  int idx;
+  if (wt->live && wt->nout < wt->n) l = loom_waiter_next(L, &wt->w, t);
   loom_run_callbacks(L);
   if (l == NULL) return 0;
   idx = l->idx;
@@ -582,6 +621,9 @@ static const luaL_Reg future_methods[] = {
   {"done", future_done},
   {"add_done_callback", future_add_done_callback},
   {"_failed", future_failed},
+  {"pollfd", future_pollfd},
+  {"events", future_events},
+  {"timeout", future_timeout},
   {NULL, NULL}
 };
 

@@ -438,6 +438,8 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   loom_open_future(L, msi, lib);
   loom_open_executor(L, msi, lib);
   loom_open_channel(L, msi, lib);
+  loom_open_queue(L, msi, lib);
+  loom_open_preload(L, lib);
   luaL_getmetatable(L, LOOM_ERROR);
   lua_setfield(L, lib, "Error");
   return 1;

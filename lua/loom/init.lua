@@ -19,6 +19,9 @@ local loom = {
   cpu_count = core.cpu_count,
   encode = core.encode,
   Error = core.Error,
+  -- event loops: a queue of completed futures, and the due callbacks
+  completion_queue = core.completion_queue,
+  poll = core.poll,
 }
 
 local function raise(kind, message)
@@ -905,8 +908,14 @@ is missing. --]==]
 
 --- The next completed future, waiting for one.
 -- @tparam[opt] number timeout seconds (`0`: never blocks)
--- @return a future, or nil and `"timeout"`
+-- @return a future; or nil and `"timeout"`; or nil and `"empty"` at once
+-- when the queue holds no future (none could come); or nil and `"closed"`
 -- @function CompletionQueue:pop
+
+--- Forget every future in the queue (they go on) and close its
+-- descriptor; later `add` and `pollfd` raise a `closed` error, `pop`
+-- returns nil and `"closed"`. Also `__close` and collection. Idempotent.
+-- @function CompletionQueue:close
 
 --- The polling protocol: one descriptor, readable while a completed future
 -- waits to be popped, whatever the number of futures.

@@ -41,13 +41,15 @@ src=$(ls src/*.c)
 mkdir -p "$out/corpus" "$out/artifacts"
 
 # --- the harness (rebuilt when a source is newer) ------------------------
-if [ ! -x "$bin" ] || [ -n "$(find src spec/fuzz/fuzz_decode.c spec/fuzz/run.sh \
+# src/lua_preload.c includes loom's Lua modules, as a header make writes
+${MAKE:-make} -s build/gen/loom_lua.h
+if [ ! -x "$bin" ] || [ -n "$(find src build/gen spec/fuzz/fuzz_decode.c spec/fuzz/run.sh \
                                   -newer "$bin" -name '*.[ch]' -o -newer "$bin" -name run.sh)" ]; then
   echo "fuzz: building $bin" >&2
   # shellcheck disable=SC2086
   "$CC" -std=c99 -D_POSIX_C_SOURCE=200809L -g -O1 -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -Wall -Wextra -I"$LUA_INCDIR" -Isrc \
+    -Wall -Wextra -I"$LUA_INCDIR" -Isrc -Ibuild/gen \
     -o "$bin.tmp" spec/fuzz/fuzz_decode.c $src "$LUA_STATIC" -lm -ldl -pthread
   mv "$bin.tmp" "$bin"
 fi
