@@ -19,6 +19,8 @@
 **          | ERRMT                -- the receiver's loom.Error metatable
 **          | PROTO index          -- msg->refs[index]: shared bytecode of a
 **                                    function with no upvalue but _ENV
+**          | PIN index            -- msg->refs[index]: a string of the
+**                                    sender's, by reference (see pins)
 **   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
 **
 ** Tables and functions are numbered in the order they first appear, so
@@ -40,9 +42,11 @@
 #define VERSION 2   /* bump on every change of the format */
 #define HEADER_LEN 9   /* magic, version, nobjs */
 
+/* Like CHAN and PROTO, PIN never appears in a message made without
+** refs_ok (loom.encode), so adding it did not change the version. */
 enum {   /* the scalars come first, up to T_STR (d_item relies on it) */
   T_NIL, T_FALSE, T_TRUE, T_INT, T_INT8, T_FLT, T_STR, T_TABLE, T_FUNC,
-  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT, T_PROTO
+  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT, T_PROTO, T_PIN
 };
 
 /* Registry keys (their addresses): the caller's closure -> bytecode
@@ -50,6 +54,7 @@ enum {   /* the scalars come first, up to T_STR (d_item relies on it) */
 static const char FCACHE_KEY = 'f';
 static const char PCACHE_KEY = 'p';
 static const char SCRATCH_KEY = 's';
+static const char PINS_KEY = 'n';
 #define PCACHE_MAX 4096
 #define SCRATCH_KEEP 4096   /* messages up to this size are copied out */
 
@@ -114,7 +119,9 @@ static void release_refs(loom_msg *m) {
   int i;
   for (i = 0; i < m->nrefs; i++) {
     if (r[i].kind == LOOM_REF_CHAN) loom_chan_decref((loom_chan *)r[i].p);
-    else loom_proto_decref((loom_proto *)r[i].p);
+    else if (r[i].kind == LOOM_REF_PROTO)
+      loom_proto_decref((loom_proto *)r[i].p);
+    else loom_pin_decref((loom_pin *)r[i].p);
   }
   m->nrefs = 0;
 }
@@ -124,6 +131,188 @@ void loom_msg_free(loom_msg *m) {
   release_refs(m);
   loom_free(m->refs);
   loom_free(m);
+}
+
+/* ------------------------------------------------------------------ pins */
+
+/*
+** A string of LOOM_PIN_MIN bytes or more crosses by reference: the
+** message holds a pin, which points at the bytes of the sender's own Lua
+** string, and the receiver's lua_pushlstring is the one copy.
+**
+** The sender's state keeps the pins it made in its pinset, a userdata in
+** the registry whose user value (lightuserdata pin -> string) anchors the
+** strings.  Only the sender's thread touches the pinset and the anchors.
+** A pin that no message holds any more (refs back to 1, the pinset's
+** own) is un-anchored and freed by the sender's next sweep: at the start
+** of an encode, or through loom_pins_sweep.  A receiver drops its
+** reference only after its copy is made, so once the sender sees refs at
+** 1 (acquire), no one reads the bytes any more.
+**
+** At the sender's lua_close the pinset's __gc runs (before any object is
+** freed) and gives each pin still held a malloc'd copy of the bytes, after
+** waiting for the readers copying at that moment.  Without memory for
+** the copy the pin keeps no bytes, and its readers raise "not enough
+** memory".  A reader never holds p->mu while it copies: it counts itself
+** in p->readers, copies (under lua_pcall, so that a memory error cannot
+** skip the count; with the collector stopped, so that no finalizer, and
+** so no user code, runs in that window) and counts itself out.
+*/
+struct loom_pin {
+  atomic_int refs;         /* the pinset's (while anchored) + a message's */
+  pthread_mutex_t mu;      /* guards readers, closing and bytes */
+  pthread_cond_t idle;     /* readers dropped to 0 while closing */
+  int readers, closing;
+  const char *bytes;       /* the anchored string's, then 'owned' */
+  char *owned;             /* the copy made at the sender's close (NULL:
+                              none, or no memory: bytes is NULL too) */
+  size_t len;              /* >= LOOM_PIN_MIN, so bytes is never NULL
+                              before the close */
+};
+
+#define PINS_SCAN 16   /* up to this many live pins, each sweep checks all */
+
+typedef struct pinset {
+  loom_pin **pins;         /* live pins made here, one reference each */
+  int n, cap;
+  int mark;                /* above PINS_SCAN: sweep when n reaches it */
+  int closed;              /* __gc ran (lua_close): no more pins */
+} pinset;
+
+void loom_pin_decref(loom_pin *p) {
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) {
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->idle);
+    loom_free(p->owned);
+    loom_free(p);
+  }
+}
+
+/* The sender's state is closing: give p bytes of its own. */
+static void pin_detach(loom_pin *p) {
+  char *c;
+  pthread_mutex_lock(&p->mu);
+  p->closing = 1;
+  while (p->readers > 0) pthread_cond_wait(&p->idle, &p->mu);
+  c = (char *)loom_malloc(p->len);
+  if (c != NULL) memcpy(c, p->bytes, p->len);
+  p->owned = c;
+  p->bytes = c;
+  p->closing = 0;
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* Drop the pins that only the pinset at stack index psidx holds; with
+** 'all', every pin (copying the held ones).  Needs 3 free stack slots;
+** never raises: a rawset of nil allocates nothing. */
+static void pins_sweep(lua_State *L, int psidx, int all) {
+  pinset *ps = (pinset *)lua_touserdata(L, psidx);
+  int i, j = 0, anchors;
+  lua_getiuservalue(L, psidx, 1);
+  anchors = lua_gettop(L);
+  for (i = 0; i < ps->n; i++) {
+    loom_pin *p = ps->pins[i];
+    if (atomic_load_explicit(&p->refs, memory_order_acquire) > 1) {
+      if (!all) {
+        ps->pins[j++] = p;
+        continue;
+      }
+      pin_detach(p);
+    }
+    lua_pushlightuserdata(L, p);
+    lua_pushnil(L);
+    lua_rawset(L, anchors);
+    loom_pin_decref(p);
+  }
+  ps->n = j;
+  ps->mark = 2 * j;
+  lua_pop(L, 1);
+}
+
+/* At lua_close (or if the registry lost it): no more pins here; the held
+** ones get their own copies. */
+static int pinset_gc(lua_State *L) {
+  pinset *ps = (pinset *)lua_touserdata(L, 1);
+  if (ps->closed) return 0;
+  ps->closed = 1;
+  lua_settop(L, 1);
+  pins_sweep(L, 1, 1);
+  loom_free(ps->pins);
+  ps->pins = NULL;
+  ps->cap = 0;
+  return 0;
+}
+
+/* Push this state's pinset and return it; when there is none yet, make
+** it if 'make', else push nil and return NULL. */
+static pinset *pushpinset(lua_State *L, int make) {
+  pinset *ps;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PINS_KEY) == LUA_TUSERDATA)
+    return (pinset *)lua_touserdata(L, -1);
+  if (!make) return NULL;
+  lua_pop(L, 1);
+  ps = (pinset *)lua_newuserdatauv(L, sizeof *ps, 1);
+  memset(ps, 0, sizeof *ps);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  if (luaL_newmetatable(L, "loom.Pins")) {
+    lua_pushcfunction(L, pinset_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PINS_KEY);
+  return ps;
+}
+
+/* A sweep is due when there are pins, and few, or twice as many as the
+** last sweep left (so that many pins held for long cost O(1) a call). */
+#define pins_due(ps) \
+  ((ps)->n > 0 && ((ps)->n <= PINS_SCAN || (ps)->n >= (ps)->mark))
+
+void loom_pins_sweep(lua_State *L) {
+  pinset *ps = pushpinset(L, 0);
+  if (ps != NULL && !ps->closed && pins_due(ps))
+    pins_sweep(L, lua_gettop(L), 0);
+  lua_pop(L, 1);
+}
+
+int loom_pins_live(lua_State *L) {
+  pinset *ps = pushpinset(L, 0);
+  int n = ps ? ps->n : 0;
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Protected: [1] lightuserdata bytes, [2] length; push the string. */
+static int pin_push_k(lua_State *L) {
+  lua_pushlstring(L, (const char *)lua_touserdata(L, 1),
+                  (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+/* Push a copy of p's bytes (3 free stack slots).  Raises only a memory
+** error, and never with p->mu held or p's reader count taken. */
+static void pin_push(lua_State *L, loom_pin *p) {
+  const char *b;
+  int st, gc = lua_gc(L, LUA_GCISRUNNING);
+  if (gc == 1) lua_gc(L, LUA_GCSTEP, (int)(p->len >> 10));
+  pthread_mutex_lock(&p->mu);
+  b = p->bytes;
+  if (b != NULL) p->readers++;
+  pthread_mutex_unlock(&p->mu);
+  if (b == NULL)
+    luaL_error(L, "not enough memory (for a string whose sender ended)");
+  if (gc == 1) lua_gc(L, LUA_GCSTOP);
+  lua_pushcfunction(L, pin_push_k);
+  lua_pushlightuserdata(L, (void *)b);
+  lua_pushinteger(L, (lua_Integer)p->len);
+  st = lua_pcall(L, 2, 1, 0);
+  if (gc == 1) lua_gc(L, LUA_GCRESTART);
+  pthread_mutex_lock(&p->mu);
+  if (--p->readers == 0 && p->closing) pthread_cond_broadcast(&p->idle);
+  pthread_mutex_unlock(&p->mu);
+  if (st != LUA_OK) lua_error(L);
 }
 
 /*
@@ -142,6 +331,9 @@ typedef struct scratch {
   ** address cannot be taken by another object. */
   const void *lastfn;
   loom_proto *lastp;
+  /* This state's pinset, or NULL until the first pin; the scratch's
+  ** second user value keeps it alive while this pointer is used. */
+  pinset *pins;
 } scratch;
 
 static void scratch_reset(scratch *s) {
@@ -162,7 +354,7 @@ static int scratch_gc(lua_State *L) {
 }
 
 static scratch *newscratch(lua_State *L) {
-  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 1);
+  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 2);
   s->m = NULL;
   s->busy = 0;
   s->lastfn = NULL;
@@ -172,6 +364,9 @@ static scratch *newscratch(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
+  /* a scratch made to replace a busy one sweeps the same pins */
+  s->pins = pushpinset(L, 0);
+  lua_setiuservalue(L, -2, 2);
   return s;
 }
 
@@ -597,12 +792,61 @@ static int e_addref(encoder *e, int kind, void *p) {
   }
   /* the reference is taken only now that nothing can fail */
   if (kind == LOOM_REF_CHAN) loom_chan_incref((loom_chan *)p);
-  else atomic_fetch_add_explicit(&((loom_proto *)p)->refs, 1,
+  else if (kind == LOOM_REF_PROTO)
+    atomic_fetch_add_explicit(&((loom_proto *)p)->refs, 1,
+                              memory_order_relaxed);
+  else atomic_fetch_add_explicit(&((loom_pin *)p)->refs, 1,
                                  memory_order_relaxed);
   r = loom_msg_refs(m);
   r[m->nrefs].kind = kind;
   r[m->nrefs].p = p;
   return m->nrefs++;
+}
+
+/*
+** Write the string at the top (len bytes at 'bytes', len >= LOOM_PIN_MIN)
+** as a reference to it, anchoring it in this state's pinset; returns 0,
+** writing nothing, where pins are not used: a state under a memory limit
+** (a pinned string outlives its task and would count against the limit)
+** or one whose pinset was closed (an encode inside lua_close).  Each step
+** that can fail comes before the one that would leak: the pin is in the
+** pinset (which frees it) before it is anchored, and the message takes
+** its reference last.
+*/
+static int e_pin(encoder *e, const char *bytes, size_t len) {
+  lua_State *L = e->L;
+  scratch *s = e->s;
+  loom_pin *p;
+  if (lua_getallocf(L, NULL) == loom_lua_alloc_limited) return 0;
+  if (!lua_checkstack(L, 4)) e_error(e, "value nested too deeply");
+  if (s->pins == NULL) {   /* the scratch keeps the pinset it uses */
+    s->pins = pushpinset(L, 1);
+    lua_setiuservalue(L, e->base + S_SCRATCH, 2);
+  }
+  if (s->pins->closed) return 0;
+  if (s->pins->n == s->pins->cap
+      && !loom_grow((void **)&s->pins->pins, &s->pins->cap,
+                    sizeof(loom_pin *)))
+    luaL_error(L, "not enough memory");
+  p = (loom_pin *)loom_malloc(sizeof *p);
+  if (p == NULL) luaL_error(L, "not enough memory");
+  atomic_init(&p->refs, 1);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->idle, NULL);
+  p->readers = p->closing = 0;
+  p->bytes = bytes;
+  p->owned = NULL;
+  p->len = len;
+  s->pins->pins[s->pins->n++] = p;
+  lua_getiuservalue(L, e->base + S_SCRATCH, 2);
+  lua_getiuservalue(L, -1, 1);            /* string, pinset, anchors */
+  lua_pushlightuserdata(L, p);
+  lua_pushvalue(L, -4);
+  lua_rawset(L, -3);                      /* anchors[p] = string */
+  lua_pop(L, 2);
+  e_byte(e, T_PIN);
+  e_varint(e, (uint64_t)e_addref(e, LOOM_REF_PIN, p));
+  return 1;
 }
 
 /* A userdata owning one reference to a proto. */
@@ -770,6 +1014,7 @@ static void e_item(encoder *e) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, -1, &len);
+      if (len >= LOOM_PIN_MIN && e->refs_ok && e_pin(e, s, len)) break;
       e_byte(e, T_STR);
       e_varint(e, len);
       e_bytes(e, s, len);
@@ -960,6 +1205,11 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     s = newscratch(L);
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
+  }
+  if (s->pins != NULL && pins_due(s->pins) && !s->pins->closed) {
+    lua_getiuservalue(L, -1, 2);   /* un-anchor what was read meanwhile */
+    pins_sweep(L, lua_gettop(L), 0);
+    lua_pop(L, 1);
   }
   lua_settop(L, e.base + S_NSLOTS);   /* the other slots, all nil */
   s->busy = 1;
@@ -1352,6 +1602,14 @@ static int d_item(decoder *d, int upvalue) {
           || loom_msg_refs(d->m)[k].kind != LOOM_REF_PROTO)
         d_error(d, "bad function reference");
       d_proto(d, (loom_proto *)loom_msg_refs(d->m)[k].p);
+      return 0;
+    }
+    case T_PIN: {
+      uint64_t k = d_varint(d);
+      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
+          || loom_msg_refs(d->m)[k].kind != LOOM_REF_PIN)
+        d_error(d, "bad string reference");
+      pin_push(L, (loom_pin *)loom_msg_refs(d->m)[k].p);
       return 0;
     }
     case T_JOIN: {
