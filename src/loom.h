@@ -139,6 +139,11 @@ typedef struct loom_msg {
 #define loom_msg_refs(m) ((m)->refs ? (m)->refs : (m)->inl)
 
 LOOM_API void loom_msg_free(loom_msg *m);
+/* Free m, a message that state L has decoded and needs no more; a large
+** one becomes L's encode buffer instead (until a small message comes), so
+** that the next large message is written into memory already mapped.
+** Needs 1 free stack slot; never raises. */
+LOOM_API void loom_msg_recycle(lua_State *L, loom_msg *m);
 
 /* Where a value being encoded sits, for error messages. */
 typedef enum {
@@ -167,7 +172,8 @@ LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
 /* Un-anchor the strings of this state that no message refers to any
 ** more.  Cheap when there are none; needs 3 free stack slots. */
 LOOM_API void loom_pins_sweep(lua_State *L);
-/* The number of this state's strings still anchored for a message. */
+/* The number of this state's strings still anchored for a message,
+** after sweeping all of them (for the specs). */
 LOOM_API int loom_pins_live(lua_State *L);
 
 /* Check, once per process, that this interpreter's tables are laid out
@@ -420,6 +426,8 @@ typedef struct loom_mstate {
   int nchans, capchans, prunechans;
   int ncallbacks;          /* futures with callbacks still to run */
   int closed;
+  int pinned;              /* strings crossed by reference (transfer.c):
+                              waiting functions sweep them */
 } loom_mstate;
 
 #define loom_getmstate(L) \

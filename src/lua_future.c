@@ -42,6 +42,7 @@ static int call_callbacks_k(lua_State *L);
 void loom_run_callbacks(lua_State *L) {
   loom_mstate *ms = loom_getmstate(L);
   int top, pending, list, n = 0, i;
+  if (ms->pinned) loom_pins_sweep(L);   /* strings read meanwhile */
   if (ms->ncallbacks <= 0) return;
   top = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);

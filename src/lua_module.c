@@ -182,8 +182,8 @@ static int l_encode(lua_State *L) {
   m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
   *box = m;
   lua_pushlstring(L, (const char *)m->data, m->len);
-  loom_msg_free(m);
   *box = NULL;
+  loom_msg_free(m);
   return 1;
 }
 
@@ -272,6 +272,15 @@ static int l_inplace_arrays(lua_State *L) {
   int on = lua_isnoneornil(L, 1) ? -1 : lua_toboolean(L, 1);
   lua_pushboolean(L, loom_arrays_inplace(on));
   return 1;
+}
+
+/* core._pins(): the strings of this state anchored for messages (after a
+** sweep), and the length from which strings cross by reference; for the
+** specs. */
+static int l_pins(lua_State *L) {
+  lua_pushinteger(L, loom_pins_live(L));
+  lua_pushinteger(L, LOOM_PIN_MIN);
+  return 2;
 }
 
 static int l_cpu_count(lua_State *L) {
@@ -364,6 +373,7 @@ static const luaL_Reg funcs[] = {
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},
   {"_inplace_arrays", l_inplace_arrays},
+  {"_pins", l_pins},
   {NULL, NULL}
 };
 

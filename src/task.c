@@ -211,7 +211,7 @@ static int run_task(lua_State *L) {
   base = lua_gettop(L);
   f->task = NULL;
   n = loom_decode(L, task->data, task->len, 1, task);
-  loom_msg_free(task);                       /* the copy is made */
+  loom_msg_recycle(L, task);                 /* the copy is made */
   if (n < 1 || !lua_isfunction(L, base + 1))
     return luaL_error(L, "malformed task");
   if (f->nchunk > 0) return run_chunk(L, f, o, base, n);

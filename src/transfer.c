@@ -57,6 +57,10 @@ static const char SCRATCH_KEY = 's';
 static const char PINS_KEY = 'n';
 #define PCACHE_MAX 4096
 #define SCRATCH_KEEP 4096   /* messages up to this size are copied out */
+/* A scratch buffer larger than this (one given back by loom_msg_recycle)
+** is kept only while large messages keep coming: the next small message
+** lets it go. */
+#define SCRATCH_BIG (64 * 1024)
 
 /* ---------------------------------------------------------------- errors */
 
@@ -262,6 +266,10 @@ static pinset *pushpinset(lua_State *L, int make) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &PINS_KEY);
+  /* from now on the binding's waiting functions sweep too */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE) == LUA_TUSERDATA)
+    ((loom_mstate *)lua_touserdata(L, -1))->pinned = 1;
+  lua_pop(L, 1);
   return ps;
 }
 
@@ -271,15 +279,23 @@ static pinset *pushpinset(lua_State *L, int make) {
   ((ps)->n > 0 && ((ps)->n <= PINS_SCAN || (ps)->n >= (ps)->mark))
 
 void loom_pins_sweep(lua_State *L) {
-  pinset *ps = pushpinset(L, 0);
+  pinset *ps;
+  if (!lua_checkstack(L, 4)) return;
+  ps = pushpinset(L, 0);
   if (ps != NULL && !ps->closed && pins_due(ps))
     pins_sweep(L, lua_gettop(L), 0);
   lua_pop(L, 1);
 }
 
 int loom_pins_live(lua_State *L) {
-  pinset *ps = pushpinset(L, 0);
-  int n = ps ? ps->n : 0;
+  pinset *ps;
+  int n = 0;
+  if (!lua_checkstack(L, 4)) return -1;
+  ps = pushpinset(L, 0);
+  if (ps != NULL && !ps->closed) {   /* every one, due or not */
+    pins_sweep(L, lua_gettop(L), 0);
+    n = ps->n;
+  }
   lua_pop(L, 1);
   return n;
 }
@@ -758,6 +774,9 @@ static void e_table(encoder *e, int index) {
     unsigned int n = 0, k;
     const rawtvalue *arr = rawarray(L, f->obj, &n);
     if (arr == NULL) return;
+    /* a large array: room for its numbers in one step, not by doubling
+    ** (a realloc each time, and those below malloc's mmap threshold copy) */
+    if (n > 1024) e_grow(e, (size_t)n * 9);
     for (k = 0; k < n; k++) {
       if (arr[k].tt == RAW_VNUMFLT) e_num(e, 0, 0, arr[k].v.n);
       else if (arr[k].tt == RAW_VNUMINT) e_num(e, 1, arr[k].v.i, 0);
@@ -1268,12 +1287,36 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     c->cap = m->len;
     m->nrefs = 0;          /* the copy holds the references now */
     m->len = 0;
+    if (m->cap > SCRATCH_BIG) {   /* a large one, given back: let it go */
+      loom_msg_free(m);
+      s->m = NULL;
+    }
     m = c;
   }
   else s->m = NULL;   /* large: the caller takes the buffer itself */
   s->busy = 0;
   lua_settop(L, e.base);
   return m;
+}
+
+void loom_msg_recycle(lua_State *L, loom_msg *m) {
+  scratch *s = NULL;
+  if (m != NULL && m->cap > SCRATCH_BIG) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY) == LUA_TUSERDATA)
+      s = (scratch *)lua_touserdata(L, -1);
+    lua_pop(L, 1);   /* the registry keeps it */
+    if (s != NULL && !s->busy && (s->m == NULL || s->m->cap < m->cap)) {
+      release_refs(m);
+      loom_free(m->refs);
+      m->refs = NULL;
+      m->refcap = 0;
+      m->len = 0;
+      loom_msg_free(s->m);
+      s->m = m;
+      return;
+    }
+  }
+  loom_msg_free(m);
 }
 
 loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
