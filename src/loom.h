@@ -172,9 +172,10 @@ LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
 /* Un-anchor the strings of this state that no message refers to any
 ** more.  Cheap when there are none; needs 3 free stack slots. */
 LOOM_API void loom_pins_sweep(lua_State *L);
-/* The number of this state's strings still anchored for a message,
-** after sweeping all of them (for the specs). */
-LOOM_API int loom_pins_live(lua_State *L);
+/* The number of this state's strings still anchored for a message (of
+** those with these bytes, unless NULL), after sweeping all of them; for
+** the specs. */
+LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
 
 /* Check, once per process, that this interpreter's tables are laid out
 ** as transfer.c expects for reading and writing arrays of numbers in

@@ -274,11 +274,12 @@ static int l_inplace_arrays(lua_State *L) {
   return 1;
 }
 
-/* core._pins(): the strings of this state anchored for messages (after a
-** sweep), and the length from which strings cross by reference; for the
-** specs. */
+/* core._pins([s]): how many strings of this state (or references to the
+** string s) are anchored for messages, after a sweep, and the length from
+** which strings cross by reference; for the specs. */
 static int l_pins(lua_State *L) {
-  lua_pushinteger(L, loom_pins_live(L));
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
+  lua_pushinteger(L, loom_pins_live(L, s));
   lua_pushinteger(L, LOOM_PIN_MIN);
   return 2;
 }

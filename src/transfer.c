@@ -287,14 +287,15 @@ void loom_pins_sweep(lua_State *L) {
   lua_pop(L, 1);
 }
 
-int loom_pins_live(lua_State *L) {
+int loom_pins_live(lua_State *L, const char *bytes) {
   pinset *ps;
-  int n = 0;
+  int n = 0, i;
   if (!lua_checkstack(L, 4)) return -1;
   ps = pushpinset(L, 0);
   if (ps != NULL && !ps->closed) {   /* every one, due or not */
     pins_sweep(L, lua_gettop(L), 0);
-    n = ps->n;
+    for (i = 0; i < ps->n; i++)
+      n += bytes == NULL || ps->pins[i]->bytes == bytes;
   }
   lua_pop(L, 1);
   return n;
