@@ -209,8 +209,10 @@ static int run_task(lua_State *L) {
   lua_settop(L, 0);
   lua_pushcfunction(L, msghandler);          /* 1 */
   base = lua_gettop(L);
-  f->task = NULL;
+  /* f keeps the task until it is decoded: loom_task_run frees it when
+  ** decoding raises (out of memory) */
   n = loom_decode(L, task->data, task->len, 1, task);
+  f->task = NULL;
   loom_msg_recycle(L, task);                 /* the copy is made */
   if (n < 1 || !lua_isfunction(L, base + 1))
     return luaL_error(L, "malformed task");
