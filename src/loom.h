@@ -89,9 +89,11 @@ LOOM_API int loom_failpoint_fired(void);
 typedef struct loom_chan loom_chan;
 
 /*
-** A message: the bytes of one or more encoded values, plus the channels
-** they refer to (each holding one reference).  A message belongs to one
-** thread at a time; it is handed over under a lock.
+** A message: the bytes of one or more encoded values, plus what they refer
+** to by pointer (channels, shared bytecode, large strings: loom_ref, each
+** holding one reference).  A message belongs to one thread at a time; it
+** is handed over under a lock.  A large message is the encoder's own
+** buffer, handed over rather than copied out (cap may exceed len).
 */
 /*
 ** The bytecode of one Lua function, shared between threads.  A state

@@ -31,6 +31,7 @@
 ** buffer a Lua error could skip over is owned by a userdata (the scratch
 ** encoder buffer, the frame arrays), so a longjmp cannot leak it.
 */
+#include <limits.h>
 #include <string.h>
 #include <stdio.h>
 #include <stdarg.h>
@@ -312,8 +313,14 @@ static int pin_push_k(lua_State *L) {
 ** error, and never with p->mu held or p's reader count taken. */
 static void pin_push(lua_State *L, loom_pin *p) {
   const char *b;
+  /* -1 inside a finalizer (5.4.4 on), 0 when stopped: leave it so */
   int st, gc = lua_gc(L, LUA_GCISRUNNING);
-  if (gc == 1) lua_gc(L, LUA_GCSTEP, (int)(p->len >> 10));
+  /* Run before the copy the collector step that its allocation would run
+  ** after: the garbage it frees (often the last such string) then leaves
+  ** room in memory already mapped, where the copy goes. */
+  if (gc == 1)
+    lua_gc(L, LUA_GCSTEP, p->len >> 10 > INT_MAX ? INT_MAX
+                                                : (int)(p->len >> 10));
   pthread_mutex_lock(&p->mu);
   b = p->bytes;
   if (b != NULL) p->readers++;
