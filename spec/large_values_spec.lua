@@ -286,6 +286,29 @@ describe("large values", function()
     for i = 1, 40 do assert.are.equal(0, pinned(held[i])) end
   end)
 
+  it("large messages reuse the receiver's buffer: tables of numbers both ways, "
+     .. "then smaller results from the same worker", function()
+    local ex <close> = loom.executor { workers = 1 }
+    local t = {}
+    for i = 1, 200000 do t[i] = i % 3 == 0 and i * 0.5 or i end
+    for round = 1, 3 do
+      local back = ex:submit(function(v) return v end, t):result(PATIENCE)
+      assert.are.equal(#t, #back)
+      for i = 1, #t, 997 do assert.are.equal(t[i], back[i]) end
+      assert.are.equal(math.type(t[#t]), math.type(back[#back]))
+      -- a medium result and a small one, after the large message
+      local medium = ex:submit(function(v, r)
+        local out = {}
+        for i = 1, 2000 do out[i] = v[i] + r end
+        return out
+      end, t, round):result(PATIENCE)
+      assert.are.equal(2000, #medium)
+      assert.are.equal(t[2000] + round, medium[2000])
+      assert.are.equal(round, ex:submit(function(_, r) return r end, t, round)
+        :result(PATIENCE))
+    end
+  end)
+
   it("go into loom.encode by value: the string stands alone", function()
     local s = build(2 * MIN, 24)
     local e = loom.encode({ s, s })

@@ -1301,7 +1301,19 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     }
     m = c;
   }
-  else s->m = NULL;   /* large: the caller takes the buffer itself */
+  else {   /* large: the caller takes the buffer itself */
+    s->m = NULL;
+    if (m->cap - m->len > m->len + SCRATCH_BIG) {
+      /* mostly unused (room reserved for an array, or a buffer given back
+      ** by a larger message, whose pages are in memory): return the rest */
+      loom_msg *t = (loom_msg *)loom_realloc(m, offsetof(loom_msg, data)
+                                                + m->len);
+      if (t != NULL) {
+        t->cap = t->len;
+        m = t;
+      }
+    }
+  }
   s->busy = 0;
   lua_settop(L, e.base);
   return m;
