@@ -182,8 +182,8 @@ static int l_encode(lua_State *L) {
   m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
   *box = m;
   lua_pushlstring(L, (const char *)m->data, m->len);
-  *box = NULL;
   loom_msg_free(m);
+  *box = NULL;
   return 1;
 }
 
