@@ -35,11 +35,20 @@ local function pinned(s)
   return (core._pins(s))
 end
 
--- A task that holds its worker until `gate` has a value, after saying so
--- on `started`.
-local function blocker(started, gate)
-  started:push(true)
-  return gate:pop(60)
+-- A one-worker executor whose worker is held by a task: what is submitted
+-- next stays queued, unread, until release() lets the worker go on.
+local function held_executor()
+  local ex = loom.executor { workers = 1 }
+  local started, gate = loom.channel(), loom.channel()
+  local hold = ex:submit(function(s, g)
+    s:push(true)
+    return g:pop(60)
+  end, started, gate)
+  helpers.pop(started)
+  return ex, function()
+    gate:push(true)
+    hold:result(PATIENCE)
+  end
 end
 
 local SIZES = { MIN - 1, MIN, MIN + 1, 4 * MIN + 3 }
@@ -73,10 +82,7 @@ describe("large values", function()
   end)
 
   it("cross by reference from the threshold on, and by value below it", function()
-    local ex <close> = loom.executor { workers = 1 }
-    local started, gate = loom.channel(), loom.channel()
-    local hold = ex:submit(blocker, started, gate)
-    helpers.pop(started)   -- the worker is busy: what follows stays queued
+    local ex <close>, release = held_executor()
     local one, two, three = build(MIN - 1, 1), build(MIN, 2), build(MIN + 1, 3)
     local below = ex:submit(function(s) return #s end, one)
     assert.are.equal(0, pinned(one))
@@ -84,8 +90,7 @@ describe("large values", function()
     assert.are.equal(1, pinned(two))
     local both = ex:submit(function(a, b) return #a + #b[1] end, three, { three })
     assert.are.equal(2, pinned(three))
-    gate:push(true)
-    hold:result(PATIENCE)
+    release()
     assert.are.equal(MIN - 1, below:result(PATIENCE))
     assert.are.equal(MIN, at:result(PATIENCE))
     assert.are.equal(2 * (MIN + 1), both:result(PATIENCE))
@@ -123,10 +128,7 @@ describe("large values", function()
   end)
 
   it("survive the sender dropping and collecting them before the task reads them", function()
-    local ex <close> = loom.executor { workers = 1 }
-    local started, gate = loom.channel(), loom.channel()
-    local hold = ex:submit(blocker, started, gate)
-    helpers.pop(started)
+    local ex <close>, release = held_executor()
     local n = 8 * MIN + 5
     local s = build(n, 7)
     local f = ex:submit(function(got, m) return got == build(m, 7) end, s, n)
@@ -141,8 +143,7 @@ describe("large values", function()
     local g = ex:submit(function(c, m)
       return c:pop(60).big == build(m, 8)
     end, ch, n)
-    gate:push(true)
-    hold:result(PATIENCE)
+    release()
     assert.is_true(f:result(PATIENCE))
     assert.is_true(g:result(PATIENCE))
   end)

@@ -1546,6 +1546,16 @@ static void d_proto(decoder *d, loom_proto *p) {
   lua_pop(L, 1);
 }
 
+/* Read a reference's index: the pointer of that reference of the
+** message, which must be of this kind (else the error 'what'). */
+static void *d_ref(decoder *d, int kind, const char *what) {
+  uint64_t k = d_varint(d);
+  if (d->m == NULL || k >= (uint64_t)d->m->nrefs
+      || loom_msg_refs(d->m)[k].kind != kind)
+    d_error(d, what);
+  return loom_msg_refs(d->m)[k].p;
+}
+
 /*
 ** Read one item and push it.  Returns 1 if it opened a frame (the new
 ** object stays at the top and the frame fills it), else 0.
@@ -1651,30 +1661,17 @@ static int d_item(decoder *d, int upvalue) {
       if (luaL_getmetatable(L, LOOM_ERROR) != LUA_TTABLE)
         d_error(d, "no loom.Error class here");
       return 0;
-    case T_CHAN: {
-      uint64_t k = d_varint(d);
-      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || loom_msg_refs(d->m)[k].kind != LOOM_REF_CHAN)
-        d_error(d, "bad channel reference");
-      loom_pushchannel(L, (loom_chan *)loom_msg_refs(d->m)[k].p);
+    case T_CHAN:
+      loom_pushchannel(L, (loom_chan *)d_ref(d, LOOM_REF_CHAN,
+                                             "bad channel reference"));
       return 0;
-    }
-    case T_PROTO: {
-      uint64_t k = d_varint(d);
-      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || loom_msg_refs(d->m)[k].kind != LOOM_REF_PROTO)
-        d_error(d, "bad function reference");
-      d_proto(d, (loom_proto *)loom_msg_refs(d->m)[k].p);
+    case T_PROTO:
+      d_proto(d, (loom_proto *)d_ref(d, LOOM_REF_PROTO,
+                                     "bad function reference"));
       return 0;
-    }
-    case T_PIN: {
-      uint64_t k = d_varint(d);
-      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || loom_msg_refs(d->m)[k].kind != LOOM_REF_PIN)
-        d_error(d, "bad string reference");
-      pin_push(L, (loom_pin *)loom_msg_refs(d->m)[k].p);
+    case T_PIN:
+      pin_push(L, (loom_pin *)d_ref(d, LOOM_REF_PIN, "bad string reference"));
       return 0;
-    }
     case T_JOIN: {
       uint64_t fo = d_varint(d), up = d_varint(d);
       dframe *f;
