@@ -135,6 +135,7 @@ describe("large values", function()
     local ch = loom.channel()
     ch:push({ big = build(n, 8) })
     s = nil   -- luacheck: ignore (dropped on purpose)
+    core._pins()   -- a sweep: what is still to be read must stay anchored
     collectgarbage()
     collectgarbage()
     -- make garbage of the same size, so that freed memory would be reused
@@ -146,6 +147,29 @@ describe("large values", function()
     release()
     assert.is_true(f:result(PATIENCE))
     assert.is_true(g:result(PATIENCE))
+  end)
+
+  it("survive the sender dropping and collecting them while the task that "
+     .. "will read them runs", function()
+    local ex <close> = loom.executor { workers = 1 }
+    local started, gate, ch = loom.channel(), loom.channel(), loom.channel()
+    local n = 8 * MIN + 9
+    local f = ex:submit(function(st, g, c, m)
+      st:push(true)
+      g:pop(60)
+      return c:pop(60) == build(m, 25)
+    end, started, gate, ch, n)
+    helpers.pop(started)   -- running, and reading nothing until the gate opens
+    local s = build(n, 25)
+    ch:push(s)
+    s = nil   -- luacheck: ignore (dropped on purpose)
+    core._pins()   -- a sweep: what is still to be read must stay anchored
+    collectgarbage()
+    collectgarbage()
+    for i = 1, 8 do local _ = build(n, 60 + i) end
+    collectgarbage()
+    gate:push(true)
+    assert.is_true(f:result(PATIENCE))
   end)
 
   it("arrive exactly when one string goes to many tasks at once", function()
