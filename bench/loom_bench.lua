@@ -7,6 +7,7 @@
 --
 --   lua5.4 bench/loom_bench.lua all [runs] [w2_runs]   every in-process workload
 --   lua5.4 bench/loom_bench.lua w2 [w2_runs]           only W2 (for bench/plot.sh)
+--   lua5.4 bench/loom_bench.lua w3 [runs]              only W3 (large values)
 --   lua5.4 bench/loom_bench.lua mem                    one W5 memory probe
 --   lua5.4 bench/loom_bench.lua w6 [runs]              W6, in a luv loop (needs luv)
 --
@@ -232,6 +233,8 @@ local function w3(runs)
     -- the references: one copy of the same data inside this state
     copy = function() table.move(t, 1, #t, 1, {}) end,
     rep = function() string.rep("x", STRLEN) end,
+    -- exactly one copy of the string's bytes, the reference for "string"
+    sub = function() assert(#s:sub(2) == STRLEN - 1) end,
     sum = function() ex:submit(sum, t):result() end,
     -- diagnostics, to split the figures above into their parts: the sum
     -- loop alone, and loom's copier (encode + decode) without any thread
@@ -242,7 +245,7 @@ local function w3(runs)
       assert(#back == NFLOAT)
     end,
     string = function() assert(ex:submit(length, s):result() == STRLEN) end,
-  }, { "copy", "sum", "roundtrip", "rep", "string", "sumloop", "codec" })
+  }, { "copy", "sum", "roundtrip", "rep", "sub", "string", "sumloop", "codec" })
   samples.floats, samples.string_bytes = NFLOAT, STRLEN
   return samples
 end
@@ -400,6 +403,8 @@ elseif MODE == "mem" then
   out = w5_mem()
 elseif MODE == "w2" then
   out = { w2 = w2(W2_RUNS) }
+elseif MODE == "w3" then
+  out = { w3 = w3(RUNS) }
 elseif MODE == "all" then
   out = {
     w1 = w1(RUNS),
@@ -409,7 +414,7 @@ elseif MODE == "all" then
     w2 = w2(W2_RUNS),   -- last: the longest, and it calibrates on a quiet heap
   }
 else
-  error("usage: loom_bench.lua all|w2|w6|mem [runs] [w2_runs]")
+  error("usage: loom_bench.lua all|w2|w3|w6|mem [runs] [w2_runs]")
 end
 out.lua_version = _VERSION
 io.write(to_json(out), "\n")

@@ -96,6 +96,30 @@ maybe("allocation failures", function()
     assert.is_true(steps > 1)
   end)
 
+  it("with large strings: by reference both ways, and out of a state that "
+     .. "ended, whose copy of them can fail too", function()
+    local _, min = core._pins()
+    local big = ("b"):rep(min)
+    local ended = 0   -- failures of the copy made when the sender ended
+    local steps = sweep("both", function(ex)
+      local r = ex:submit(function(s) return s .. "!" end, big):result()
+      -- the new state is closed before its result is read: the string is
+      -- copied out then
+      local ok, made = pcall(core._call_in_new_state,
+                             function(n) return ("m"):rep(n) end, min)
+      if not ok and tostring(made):find("whose sender ended", 1, true) then
+        ended = ended + 1
+      end
+      if not ok then error(made, 0) end
+      return r, made
+    end, function(r, made)
+      assert.is_true(r == big .. "!")
+      assert.is_true(made == ("m"):rep(min))
+    end)
+    assert.is_true(steps > 1)
+    assert.is_true(ended >= 1, "the copy at the sender's end never failed")
+  end)
+
   it("in a new executor: creation fails cleanly or works", function()
     local k = 1
     while true do

@@ -94,9 +94,11 @@ LOOM_API int loom_failpoint_fired(void);
 typedef struct loom_chan loom_chan;
 
 /*
-** A message: the bytes of one or more encoded values, plus the channels
-** they refer to (each holding one reference).  A message belongs to one
-** thread at a time; it is handed over under a lock.
+** A message: the bytes of one or more encoded values, plus what they refer
+** to by pointer (channels, shared bytecode, large strings: loom_ref, each
+** holding one reference).  A message belongs to one thread at a time; it
+** is handed over under a lock.  A large message is the encoder's own
+** buffer, handed over rather than copied out (cap may exceed len).
 */
 /*
 ** The bytecode of one Lua function, shared between threads.  A state
@@ -112,12 +114,23 @@ typedef struct loom_proto {
 
 LOOM_API void loom_proto_decref(loom_proto *p);
 
+/*
+** A large string crossing by reference (transfer.c): the message refers
+** to the sender's own Lua string, anchored in the sender's state until no
+** message holds the pin, and the receiver's lua_pushlstring is the one
+** copy of its bytes.  If the sender's state closes first, the pin gets a
+** malloc'd copy of the bytes.  Refcounted: the sender holds one reference
+** while the string is anchored, each message one.
+*/
+typedef struct loom_pin loom_pin;
+LOOM_API void loom_pin_decref(loom_pin *p);
+
 /* Something a message refers to by pointer, holding one reference. */
 typedef struct loom_ref {
   int kind;                /* LOOM_REF_* */
   void *p;
 } loom_ref;
-enum { LOOM_REF_CHAN, LOOM_REF_PROTO };
+enum { LOOM_REF_CHAN, LOOM_REF_PROTO, LOOM_REF_PIN };
 
 #define LOOM_INLINE_REFS 2
 
@@ -133,6 +146,11 @@ typedef struct loom_msg {
 #define loom_msg_refs(m) ((m)->refs ? (m)->refs : (m)->inl)
 
 LOOM_API void loom_msg_free(loom_msg *m);
+/* Free m, a message that state L has decoded and needs no more; a large
+** one becomes L's encode buffer instead (until a small message comes), so
+** that the next large message is written into memory already mapped.
+** Needs 1 free stack slot; never raises. */
+LOOM_API void loom_msg_recycle(lua_State *L, loom_msg *m);
 
 /* Where a value being encoded sits, for error messages. */
 typedef enum {
@@ -143,13 +161,28 @@ typedef enum {
 /*
 ** Encode the n values at stack [first, first+n-1] into a new message.
 ** 'place' and 'argbase' name the roots in errors ("argument #k" with
-** k = argbase + i).  'refs_ok' says whether channels may be referenced
-** (false for loom.encode, whose string cannot own a reference).
+** k = argbase + i).  'refs_ok' says whether the message may refer to
+** things by pointer: channels, shared bytecode, and strings of at least
+** LOOM_PIN_MIN bytes, which then cross by reference (loom_pin).  Without
+** it the message is self-contained bytes (loom.encode, a pipe).
 ** Raises a transfer error (or a memory error) on failure; never leaks.
 ** Stack: unchanged on return.
 */
 LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
                                loom_place place, int argbase, int refs_ok);
+
+/* Strings this long or longer cross by reference when refs_ok allows
+** (and the sending state has no memory limit: a pinned string outlives
+** its task, and would count against the limit meanwhile). */
+#define LOOM_PIN_MIN (32 * 1024)
+
+/* Un-anchor the strings of this state that no message refers to any
+** more.  Cheap when there are none; needs 3 free stack slots. */
+LOOM_API void loom_pins_sweep(lua_State *L);
+/* The number of this state's strings still anchored for a message (of
+** those with these bytes, unless NULL), after sweeping all of them; for
+** the specs. */
+LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
 
 /* Check, once per process, that this interpreter's tables are laid out
 ** as transfer.c expects for reading and writing arrays of numbers in
@@ -517,6 +550,8 @@ typedef struct loom_mstate {
   int nchans, capchans, prunechans;
   int ncallbacks;          /* futures with callbacks still to run */
   int closed;
+  int pinned;              /* strings crossed by reference (transfer.c):
+                              waiting functions sweep them */
 } loom_mstate;
 
 #define loom_getmstate(L) \

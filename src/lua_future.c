@@ -45,6 +45,7 @@ static int call_callbacks_k(lua_State *L);
 int loom_run_callbacks(lua_State *L) {
   loom_mstate *ms = loom_getmstate(L);
   int top, pending, list, n = 0, i, ran = 0;
+  if (ms->pinned) loom_pins_sweep(L);   /* strings read meanwhile */
   if (ms->ncallbacks <= 0) return 0;
   top = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);

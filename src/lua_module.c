@@ -340,6 +340,16 @@ static int l_inplace_arrays(lua_State *L) {
   return 1;
 }
 
+/* core._pins([s]): how many strings of this state (or references to the
+** string s) are anchored for messages, after a sweep, and the length from
+** which strings cross by reference; for the specs. */
+static int l_pins(lua_State *L) {
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
+  lua_pushinteger(L, loom_pins_live(L, s));
+  lua_pushinteger(L, LOOM_PIN_MIN);
+  return 2;
+}
+
 static int l_cpu_count(lua_State *L) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
@@ -396,6 +406,7 @@ static const luaL_Reg funcs[] = {
   {"_failpoint", l_failpoint},
   {"_inplace_arrays", l_inplace_arrays},
   {"_isatty", l_isatty},
+  {"_pins", l_pins},
   {NULL, NULL}
 };
 

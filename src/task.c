@@ -230,7 +230,7 @@ static int run_task(lua_State *L) {
   ** loom_task_run to free */
   n = loom_decode(L, task->data, task->len, 1, task);
   f->task = NULL;
-  loom_msg_free(task);                       /* the copy is made */
+  loom_msg_recycle(L, task);                 /* the copy is made */
   if (n < 1 || !lua_isfunction(L, base + 1))
     return luaL_error(L, "malformed task");
   if (f->nchunk > 0) return run_chunk(L, f, o, base, n);

@@ -19,6 +19,8 @@
 **          | ERRMT                -- the receiver's loom.Error metatable
 **          | PROTO index          -- msg->refs[index]: shared bytecode of a
 **                                    function with no upvalue but _ENV
+**          | PIN index            -- msg->refs[index]: a string of the
+**                                    sender's, by reference (see pins)
 **   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
 **
 ** Tables and functions are numbered in the order they first appear, so
@@ -29,6 +31,7 @@
 ** buffer a Lua error could skip over is owned by a userdata (the scratch
 ** encoder buffer, the frame arrays), so a longjmp cannot leak it.
 */
+#include <limits.h>
 #include <string.h>
 #include <stdio.h>
 #include <stdarg.h>
@@ -40,9 +43,11 @@
 #define VERSION 3   /* bump on every change of the format */
 #define HEADER_LEN 9   /* magic, version, nobjs */
 
+/* Like CHAN and PROTO, PIN never appears in a message made without
+** refs_ok (loom.encode), so adding it did not change the version. */
 enum {   /* the scalars come first, up to T_STR (d_item relies on it) */
   T_NIL, T_FALSE, T_TRUE, T_INT, T_INT8, T_FLT, T_STR, T_TABLE, T_FUNC,
-  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT, T_PROTO
+  T_CFUNC, T_REF, T_ENV, T_CHAN, T_JOIN, T_ERRMT, T_PROTO, T_PIN
 };
 
 /* Registry keys (their addresses): the caller's closure -> bytecode
@@ -50,8 +55,13 @@ enum {   /* the scalars come first, up to T_STR (d_item relies on it) */
 static const char FCACHE_KEY = 'f';
 static const char PCACHE_KEY = 'p';
 static const char SCRATCH_KEY = 's';
+static const char PINS_KEY = 'n';
 #define PCACHE_MAX 4096
 #define SCRATCH_KEEP 4096   /* messages up to this size are copied out */
+/* A scratch buffer larger than this (one given back by loom_msg_recycle)
+** is kept only while large messages keep coming: the next small message
+** lets it go. */
+#define SCRATCH_BIG (64 * 1024)
 
 /* ---------------------------------------------------------------- errors */
 
@@ -114,7 +124,9 @@ static void release_refs(loom_msg *m) {
   int i;
   for (i = 0; i < m->nrefs; i++) {
     if (r[i].kind == LOOM_REF_CHAN) loom_chan_decref((loom_chan *)r[i].p);
-    else loom_proto_decref((loom_proto *)r[i].p);
+    else if (r[i].kind == LOOM_REF_PROTO)
+      loom_proto_decref((loom_proto *)r[i].p);
+    else loom_pin_decref((loom_pin *)r[i].p);
   }
   m->nrefs = 0;
 }
@@ -124,6 +136,207 @@ void loom_msg_free(loom_msg *m) {
   release_refs(m);
   loom_free(m->refs);
   loom_free(m);
+}
+
+/* ------------------------------------------------------------------ pins */
+
+/*
+** A string of LOOM_PIN_MIN bytes or more crosses by reference: the
+** message holds a pin, which points at the bytes of the sender's own Lua
+** string, and the receiver's lua_pushlstring is the one copy.
+**
+** The sender's state keeps the pins it made in its pinset, a userdata in
+** the registry whose user value (lightuserdata pin -> string) anchors the
+** strings.  Only the sender's thread touches the pinset and the anchors.
+** A pin that no message holds any more (refs back to 1, the pinset's
+** own) is un-anchored and freed by the sender's next sweep: at the start
+** of an encode, or through loom_pins_sweep.  A receiver drops its
+** reference only after its copy is made, so once the sender sees refs at
+** 1 (acquire), no one reads the bytes any more.
+**
+** At the sender's lua_close the pinset's __gc runs (before any object is
+** freed) and gives each pin still held a malloc'd copy of the bytes, after
+** waiting for the readers copying at that moment.  Without memory for
+** the copy the pin keeps no bytes, and its readers raise "not enough
+** memory".  A reader never holds p->mu while it copies: it counts itself
+** in p->readers, copies (under lua_pcall, so that a memory error cannot
+** skip the count; with the collector stopped, so that no finalizer, and
+** so no user code, runs in that window) and counts itself out.
+*/
+struct loom_pin {
+  atomic_int refs;         /* the pinset's (while anchored) + a message's */
+  pthread_mutex_t mu;      /* guards readers, closing and bytes */
+  pthread_cond_t idle;     /* readers dropped to 0 while closing */
+  int readers, closing;
+  const char *bytes;       /* the anchored string's, then 'owned' */
+  char *owned;             /* the copy made at the sender's close (NULL:
+                              none, or no memory: bytes is NULL too) */
+  size_t len;              /* >= LOOM_PIN_MIN, so bytes is never NULL
+                              before the close */
+};
+
+#define PINS_SCAN 16   /* up to this many live pins, each sweep checks all */
+
+typedef struct pinset {
+  loom_pin **pins;         /* live pins made here, one reference each */
+  int n, cap;
+  int mark;                /* above PINS_SCAN: sweep when n reaches it */
+  int closed;              /* __gc ran (lua_close): no more pins */
+} pinset;
+
+void loom_pin_decref(loom_pin *p) {
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) {
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->idle);
+    loom_free(p->owned);
+    loom_free(p);
+  }
+}
+
+/* The sender's state is closing: give p bytes of its own. */
+static void pin_detach(loom_pin *p) {
+  char *c;
+  pthread_mutex_lock(&p->mu);
+  p->closing = 1;
+  while (p->readers > 0) pthread_cond_wait(&p->idle, &p->mu);
+  c = (char *)loom_malloc(p->len);
+  if (c != NULL) memcpy(c, p->bytes, p->len);
+  p->owned = c;
+  p->bytes = c;
+  p->closing = 0;
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* Drop the pins that only the pinset at stack index psidx holds; with
+** 'all', every pin (copying the held ones).  Needs 3 free stack slots;
+** never raises: a rawset of nil allocates nothing. */
+static void pins_sweep(lua_State *L, int psidx, int all) {
+  pinset *ps = (pinset *)lua_touserdata(L, psidx);
+  int i, j = 0, anchors;
+  lua_getiuservalue(L, psidx, 1);
+  anchors = lua_gettop(L);
+  for (i = 0; i < ps->n; i++) {
+    loom_pin *p = ps->pins[i];
+    if (atomic_load_explicit(&p->refs, memory_order_acquire) > 1) {
+      if (!all) {
+        ps->pins[j++] = p;
+        continue;
+      }
+      pin_detach(p);
+    }
+    lua_pushlightuserdata(L, p);
+    lua_pushnil(L);
+    lua_rawset(L, anchors);
+    loom_pin_decref(p);
+  }
+  ps->n = j;
+  ps->mark = 2 * j;
+  lua_pop(L, 1);
+}
+
+/* At lua_close (or if the registry lost it): no more pins here; the held
+** ones get their own copies. */
+static int pinset_gc(lua_State *L) {
+  pinset *ps = (pinset *)lua_touserdata(L, 1);
+  if (ps->closed) return 0;
+  ps->closed = 1;
+  lua_settop(L, 1);
+  pins_sweep(L, 1, 1);
+  loom_free(ps->pins);
+  ps->pins = NULL;
+  ps->cap = 0;
+  return 0;
+}
+
+/* Push this state's pinset and return it; when there is none yet, make
+** it if 'make', else push nil and return NULL. */
+static pinset *pushpinset(lua_State *L, int make) {
+  pinset *ps;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PINS_KEY) == LUA_TUSERDATA)
+    return (pinset *)lua_touserdata(L, -1);
+  if (!make) return NULL;
+  lua_pop(L, 1);
+  ps = (pinset *)lua_newuserdatauv(L, sizeof *ps, 1);
+  memset(ps, 0, sizeof *ps);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  if (luaL_newmetatable(L, "loom.Pins")) {
+    lua_pushcfunction(L, pinset_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PINS_KEY);
+  /* from now on the binding's waiting functions sweep too */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LOOM_MODULE) == LUA_TUSERDATA)
+    ((loom_mstate *)lua_touserdata(L, -1))->pinned = 1;
+  lua_pop(L, 1);
+  return ps;
+}
+
+/* A sweep is due when there are pins, and few, or twice as many as the
+** last sweep left (so that many pins held for long cost O(1) a call). */
+#define pins_due(ps) \
+  ((ps)->n > 0 && ((ps)->n <= PINS_SCAN || (ps)->n >= (ps)->mark))
+
+void loom_pins_sweep(lua_State *L) {
+  pinset *ps;
+  if (!lua_checkstack(L, 4)) return;
+  ps = pushpinset(L, 0);
+  if (ps != NULL && !ps->closed && pins_due(ps))
+    pins_sweep(L, lua_gettop(L), 0);
+  lua_pop(L, 1);
+}
+
+int loom_pins_live(lua_State *L, const char *bytes) {
+  pinset *ps;
+  int n = 0, i;
+  if (!lua_checkstack(L, 4)) return -1;
+  ps = pushpinset(L, 0);
+  if (ps != NULL && !ps->closed) {   /* every one, due or not */
+    pins_sweep(L, lua_gettop(L), 0);
+    for (i = 0; i < ps->n; i++)
+      n += bytes == NULL || ps->pins[i]->bytes == bytes;
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Protected: [1] lightuserdata bytes, [2] length; push the string. */
+static int pin_push_k(lua_State *L) {
+  lua_pushlstring(L, (const char *)lua_touserdata(L, 1),
+                  (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+/* Push a copy of p's bytes (3 free stack slots).  Raises only a memory
+** error, and never with p->mu held or p's reader count taken. */
+static void pin_push(lua_State *L, loom_pin *p) {
+  const char *b;
+  /* -1 inside a finalizer (5.4.4 on), 0 when stopped: leave it so */
+  int st, gc = lua_gc(L, LUA_GCISRUNNING);
+  /* Run before the copy the collector step that its allocation would run
+  ** after: the garbage it frees (often the last such string) then leaves
+  ** room in memory already mapped, where the copy goes. */
+  if (gc == 1)
+    lua_gc(L, LUA_GCSTEP, p->len >> 10 > INT_MAX ? INT_MAX
+                                                : (int)(p->len >> 10));
+  pthread_mutex_lock(&p->mu);
+  b = p->bytes;
+  if (b != NULL) p->readers++;
+  pthread_mutex_unlock(&p->mu);
+  if (b == NULL)
+    luaL_error(L, "not enough memory (for a string whose sender ended)");
+  if (gc == 1) lua_gc(L, LUA_GCSTOP);
+  lua_pushcfunction(L, pin_push_k);
+  lua_pushlightuserdata(L, (void *)b);
+  lua_pushinteger(L, (lua_Integer)p->len);
+  st = lua_pcall(L, 2, 1, 0);
+  if (gc == 1) lua_gc(L, LUA_GCRESTART);
+  pthread_mutex_lock(&p->mu);
+  if (--p->readers == 0 && p->closing) pthread_cond_broadcast(&p->idle);
+  pthread_mutex_unlock(&p->mu);
+  if (st != LUA_OK) lua_error(L);
 }
 
 /*
@@ -142,6 +355,9 @@ typedef struct scratch {
   ** address cannot be taken by another object. */
   const void *lastfn;
   loom_proto *lastp;
+  /* This state's pinset, or NULL until the first pin; the scratch's
+  ** second user value keeps it alive while this pointer is used. */
+  pinset *pins;
 } scratch;
 
 static void scratch_reset(scratch *s) {
@@ -162,7 +378,7 @@ static int scratch_gc(lua_State *L) {
 }
 
 static scratch *newscratch(lua_State *L) {
-  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 1);
+  scratch *s = (scratch *)lua_newuserdatauv(L, sizeof(scratch), 2);
   s->m = NULL;
   s->busy = 0;
   s->lastfn = NULL;
@@ -172,6 +388,9 @@ static scratch *newscratch(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
+  /* a scratch made to replace a busy one sweeps the same pins */
+  s->pins = pushpinset(L, 0);
+  lua_setiuservalue(L, -2, 2);
   return s;
 }
 
@@ -571,6 +790,9 @@ static void e_table(encoder *e, int index) {
     unsigned int n = 0, k;
     const rawtvalue *arr = rawarray(L, f->obj, &n);
     if (arr == NULL) return;
+    /* a large array: room for its numbers in one step, not by doubling
+    ** (a realloc each time, and those below malloc's mmap threshold copy) */
+    if (n > 1024) e_grow(e, (size_t)n * 9);
     for (k = 0; k < n; k++) {
       if (arr[k].tt == RAW_VNUMFLT) e_num(e, 0, 0, arr[k].v.n);
       else if (arr[k].tt == RAW_VNUMINT) e_num(e, 1, arr[k].v.i, 0);
@@ -605,12 +827,61 @@ static int e_addref(encoder *e, int kind, void *p) {
   }
   /* the reference is taken only now that nothing can fail */
   if (kind == LOOM_REF_CHAN) loom_chan_incref((loom_chan *)p);
-  else atomic_fetch_add_explicit(&((loom_proto *)p)->refs, 1,
+  else if (kind == LOOM_REF_PROTO)
+    atomic_fetch_add_explicit(&((loom_proto *)p)->refs, 1,
+                              memory_order_relaxed);
+  else atomic_fetch_add_explicit(&((loom_pin *)p)->refs, 1,
                                  memory_order_relaxed);
   r = loom_msg_refs(m);
   r[m->nrefs].kind = kind;
   r[m->nrefs].p = p;
   return m->nrefs++;
+}
+
+/*
+** Write the string at the top (len bytes at 'bytes', len >= LOOM_PIN_MIN)
+** as a reference to it, anchoring it in this state's pinset; returns 0,
+** writing nothing, where pins are not used: a state under a memory limit
+** (a pinned string outlives its task and would count against the limit)
+** or one whose pinset was closed (an encode inside lua_close).  Each step
+** that can fail comes before the one that would leak: the pin is in the
+** pinset (which frees it) before it is anchored, and the message takes
+** its reference last.
+*/
+static int e_pin(encoder *e, const char *bytes, size_t len) {
+  lua_State *L = e->L;
+  scratch *s = e->s;
+  loom_pin *p;
+  if (lua_getallocf(L, NULL) == loom_lua_alloc_limited) return 0;
+  if (!lua_checkstack(L, 4)) e_error(e, "value nested too deeply");
+  if (s->pins == NULL) {   /* the scratch keeps the pinset it uses */
+    s->pins = pushpinset(L, 1);
+    lua_setiuservalue(L, e->base + S_SCRATCH, 2);
+  }
+  if (s->pins->closed) return 0;
+  if (s->pins->n == s->pins->cap
+      && !loom_grow((void **)&s->pins->pins, &s->pins->cap,
+                    sizeof(loom_pin *)))
+    luaL_error(L, "not enough memory");
+  p = (loom_pin *)loom_malloc(sizeof *p);
+  if (p == NULL) luaL_error(L, "not enough memory");
+  atomic_init(&p->refs, 1);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->idle, NULL);
+  p->readers = p->closing = 0;
+  p->bytes = bytes;
+  p->owned = NULL;
+  p->len = len;
+  s->pins->pins[s->pins->n++] = p;
+  lua_getiuservalue(L, e->base + S_SCRATCH, 2);
+  lua_getiuservalue(L, -1, 1);            /* string, pinset, anchors */
+  lua_pushlightuserdata(L, p);
+  lua_pushvalue(L, -4);
+  lua_rawset(L, -3);                      /* anchors[p] = string */
+  lua_pop(L, 2);
+  e_byte(e, T_PIN);
+  e_varint(e, (uint64_t)e_addref(e, LOOM_REF_PIN, p));
+  return 1;
 }
 
 /* A userdata owning one reference to a proto. */
@@ -778,6 +1049,7 @@ static void e_item(encoder *e) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, -1, &len);
+      if (len >= LOOM_PIN_MIN && e->refs_ok && e_pin(e, s, len)) break;
       e_byte(e, T_STR);
       e_varint(e, len);
       e_bytes(e, s, len);
@@ -968,6 +1240,11 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY);
   }
+  if (s->pins != NULL && pins_due(s->pins) && !s->pins->closed) {
+    lua_getiuservalue(L, -1, 2);   /* un-anchor what was read meanwhile */
+    pins_sweep(L, lua_gettop(L), 0);
+    lua_pop(L, 1);
+  }
   lua_settop(L, e.base + S_NSLOTS);   /* the other slots, all nil */
   s->busy = 1;
   scratch_reset(s);
@@ -1025,12 +1302,48 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     c->cap = m->len;
     m->nrefs = 0;          /* the copy holds the references now */
     m->len = 0;
+    if (m->cap > SCRATCH_BIG) {   /* a large one, given back: let it go */
+      loom_msg_free(m);
+      s->m = NULL;
+    }
     m = c;
   }
-  else s->m = NULL;   /* large: the caller takes the buffer itself */
+  else {   /* large: the caller takes the buffer itself */
+    s->m = NULL;
+    if (m->cap - m->len > m->len + SCRATCH_BIG) {
+      /* mostly unused (room reserved for an array, or a buffer given back
+      ** by a larger message, whose pages are in memory): return the rest */
+      loom_msg *t = (loom_msg *)loom_realloc(m, offsetof(loom_msg, data)
+                                                + m->len);
+      if (t != NULL) {
+        t->cap = t->len;
+        m = t;
+      }
+    }
+  }
   s->busy = 0;
   lua_settop(L, e.base);
   return m;
+}
+
+void loom_msg_recycle(lua_State *L, loom_msg *m) {
+  scratch *s = NULL;
+  if (m != NULL && m->cap > SCRATCH_BIG) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRATCH_KEY) == LUA_TUSERDATA)
+      s = (scratch *)lua_touserdata(L, -1);
+    lua_pop(L, 1);   /* the registry keeps it */
+    if (s != NULL && !s->busy && (s->m == NULL || s->m->cap < m->cap)) {
+      release_refs(m);
+      loom_free(m->refs);
+      m->refs = NULL;
+      m->refcap = 0;
+      m->len = 0;
+      loom_msg_free(s->m);
+      s->m = m;
+      return;
+    }
+  }
+  loom_msg_free(m);
 }
 
 loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
@@ -1240,6 +1553,16 @@ static void d_proto(decoder *d, loom_proto *p) {
   lua_pop(L, 1);
 }
 
+/* Read a reference's index: the pointer of that reference of the
+** message, which must be of this kind (else the error 'what'). */
+static void *d_ref(decoder *d, int kind, const char *what) {
+  uint64_t k = d_varint(d);
+  if (d->m == NULL || k >= (uint64_t)d->m->nrefs
+      || loom_msg_refs(d->m)[k].kind != kind)
+    d_error(d, what);
+  return loom_msg_refs(d->m)[k].p;
+}
+
 /*
 ** Read one item and push it.  Returns 1 if it opened a frame (the new
 ** object stays at the top and the frame fills it), else 0.
@@ -1394,22 +1717,17 @@ static int d_item(decoder *d, int upvalue) {
       if (luaL_getmetatable(L, LOOM_ERROR) != LUA_TTABLE)
         d_error(d, "no loom.Error class here");
       return 0;
-    case T_CHAN: {
-      uint64_t k = d_varint(d);
-      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || loom_msg_refs(d->m)[k].kind != LOOM_REF_CHAN)
-        d_error(d, "bad channel reference");
-      loom_pushchannel(L, (loom_chan *)loom_msg_refs(d->m)[k].p);
+    case T_CHAN:
+      loom_pushchannel(L, (loom_chan *)d_ref(d, LOOM_REF_CHAN,
+                                             "bad channel reference"));
       return 0;
-    }
-    case T_PROTO: {
-      uint64_t k = d_varint(d);
-      if (d->m == NULL || k >= (uint64_t)d->m->nrefs
-          || loom_msg_refs(d->m)[k].kind != LOOM_REF_PROTO)
-        d_error(d, "bad function reference");
-      d_proto(d, (loom_proto *)loom_msg_refs(d->m)[k].p);
+    case T_PROTO:
+      d_proto(d, (loom_proto *)d_ref(d, LOOM_REF_PROTO,
+                                     "bad function reference"));
       return 0;
-    }
+    case T_PIN:
+      pin_push(L, (loom_pin *)d_ref(d, LOOM_REF_PIN, "bad string reference"));
+      return 0;
     case T_JOIN: {
       uint64_t fo = d_varint(d), up = d_varint(d);
       dframe *f;
