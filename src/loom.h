@@ -163,6 +163,22 @@ LOOM_API loom_msg *loom_encode_map(lua_State *L, int first, int n,
 LOOM_API loom_msg *loom_encode_list(lua_State *L, int first, int n);
 
 /*
+** The refs modes of loom_encode_mode ('refs_ok' above is NONE or THREADS).
+** Between threads a message may refer to channels and shared bytecode; a
+** string (loom.encode) and a message to another process are
+** self-contained, and the latter refuses a channel as one that cannot
+** cross into another process.
+*/
+#define LOOM_REFS_NONE    0
+#define LOOM_REFS_THREADS 1
+#define LOOM_REFS_PROCESS 2
+/* loom_encode (list 0, i0 and nseq 0), loom_encode_list (list 1) or
+** loom_encode_map (place LOOM_AT_MAP, i0, nseq), in any refs mode. */
+LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
+                                    loom_place place, int argbase, int refs,
+                                    int list, lua_Integer i0, int nseq);
+
+/*
 ** Decode a message of len bytes at p, pushing its values; returns their
 ** number.  'functions' allows bytecode (never for untrusted input).
 ** 'm' (may be NULL) supplies the channel references.  Raises a transfer
@@ -298,6 +314,7 @@ struct loom_future {
   /* The task: set before submit; the worker takes it. */
   loom_msg *task;          /* function and arguments */
   int nchunk, nseq;        /* a map chunk: nchunk calls of nseq args */
+  int xflags;              /* LOOM_TASK_*, for the task runner */
   /* Set once, under sched->mu, when it finishes; read-only after. */
   loom_outcome out;
 };
@@ -350,6 +367,11 @@ LOOM_API char *loom_strdup(const char *s);
 ** results (or the error value and traceback), and the same for a map
 ** chunk.  Every kind of worker runs its tasks here.
 */
+
+/* f->xflags: the results go to another process, so they are encoded
+** self-contained (LOOM_REFS_PROCESS); f->task is the caller's, not freed. */
+#define LOOM_TASK_SELFCONTAINED 1
+#define LOOM_TASK_BORROWED      2
 
 /* Set up a fresh worker state: libraries, loom, os.exit, print. */
 LOOM_API int loom_open_worker_state(lua_State *L);

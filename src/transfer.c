@@ -203,6 +203,7 @@ typedef struct encoder {
   int have;           /* bit (1 << S_*) set once a slot is filled */
   int nobjs;
   int refs_ok;
+  int xproc;          /* LOOM_REFS_PROCESS: a channel is refused as such */
   loom_place place;
   int argbase, root;  /* for error messages */
   lua_Integer i0;     /* LOOM_AT_MAP: the first call's index; nseq per call */
@@ -818,6 +819,8 @@ static void e_item(encoder *e) {
       loom_chan *c = loom_tochannel(L, -1);
       int idx;
       if (c == NULL) e_error(e, "cannot transfer a userdata");
+      if (e->xproc)
+        e_error(e, "a channel cannot cross into another process");
       if (!e->refs_ok)
         e_error(e, "cannot encode a channel into a string");
       idx = e_addref(e, LOOM_REF_CHAN, c);
@@ -975,7 +978,8 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
   e.s = s;
   e.have = 0;
   e.nobjs = 0;
-  e.refs_ok = refs_ok;
+  e.refs_ok = refs_ok == LOOM_REFS_THREADS;
+  e.xproc = refs_ok == LOOM_REFS_PROCESS;
   e.place = place;
   e.argbase = argbase;
   e.i0 = i0;
@@ -1029,6 +1033,12 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
 loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
                       int argbase, int refs_ok) {
   return encode(L, first, n, place, argbase, refs_ok, 0, 0, 0);
+}
+
+loom_msg *loom_encode_mode(lua_State *L, int first, int n, loom_place place,
+                           int argbase, int refs, int list, lua_Integer i0,
+                           int nseq) {
+  return encode(L, first, n, place, argbase, refs, list, i0, nseq);
 }
 
 loom_msg *loom_encode_list(lua_State *L, int first, int n) {
