@@ -364,6 +364,7 @@ static const luaL_Reg funcs[] = {
   {"_call_in_new_state", l_call_in_new_state},
   {"_failpoint", l_failpoint},
   {"_inplace_arrays", l_inplace_arrays},
+  {"_process_worker", loom_process_worker},
   {NULL, NULL}
 };
 

@@ -81,6 +81,33 @@ function loom.executor(opts)
                         init_args = opts.init_args }
 end
 
+--- loom.process_executor([opts]) -> executor on worker processes
+-- opts: a number (= workers) or a table: loom.executor's options (name is
+-- not used), task_timeout, memory_limit, and the process pool's own:
+-- max_tasks_per_child and interpreter. The rest is checked in C.
+function loom.process_executor(opts)
+  if opts == nil then opts = {}
+  elseif type(opts) == "number" then opts = { workers = opts }
+  elseif type(opts) ~= "table" then
+    argerror(1, "process_executor", "table or number expected, got " .. type(opts))
+  end
+  local m = opts.max_tasks_per_child
+  if m ~= nil and (math_type(m) ~= "integer" or m < 1) then
+    argerror(1, "process_executor", "max_tasks_per_child must be an integer >= 1, got "
+             .. tostring(m))
+  end
+  if opts.interpreter ~= nil and type(opts.interpreter) ~= "string" then
+    argerror(1, "process_executor", "interpreter must be a string, got "
+             .. type(opts.interpreter))
+  end
+  return core.process_executor {
+    workers = opts.workers or core.cpu_count(), init = opts.init,
+    init_args = opts.init_args, task_timeout = opts.task_timeout,
+    memory_limit = opts.memory_limit, max_tasks_per_child = m,
+    interpreter = opts.interpreter,
+  }
+end
+
 -- Unique futures of a sequence, in their first order.
 local function distinct(futures, fname)
   if type(futures) ~= "table" then
