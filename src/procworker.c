@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,8 @@
 #include <sys/uio.h>
 
 #include "loom.h"
+
+#define BIG_TASK (1u << 20)   /* bytes of payload */
 
 typedef struct wstate {
   loom_pwctl *ctl;
@@ -222,6 +225,10 @@ static int run_task(wstate *w, lua_State *W, const loom_pwframe *fr,
   loom_task_run(W, &f, &o);
   r = send_outcome(w, fr->seq, &o);
   loom_outcome_free(&o);
+  /* After a large task, free its garbage now (the result has gone): the
+  ** next large one then gets the same, warm, memory from malloc, not
+  ** fresh pages. */
+  if (fr->len >= BIG_TASK) lua_gc(W, LUA_GCCOLLECT);
   return r;
 }
 
@@ -301,6 +308,13 @@ static int worker_loop(wstate *w, lua_Integer ppid) {
   unsigned char *payload;
   char *err;
   int fd;
+#ifdef M_TRIM_THRESHOLD
+  /* This process is loom's own: let malloc keep and reuse large blocks
+  ** (warm pages) instead of giving them back and faulting fresh ones in
+  ** for every large task. */
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+#endif
   /* die with the parent, even one killed outright */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if ((lua_Integer)getppid() != ppid) return 3;

@@ -253,11 +253,13 @@ static void e_grow(encoder *e, size_t need) {
   loom_msg *m = e->s->m;
   size_t cap;
   if (m->cap - m->len >= need) return;
-  cap = m->cap * 2;
-  while (cap - m->len < need) {
-    if (cap > ((size_t)-1) / 4) luaL_error(e->L, "message too large");
-    cap *= 2;
-  }
+  if (need > ((size_t)-1) / 4 - m->len) luaL_error(e->L, "message too large");
+  /* One large piece (a string) gets room for itself and a little more:
+  ** doubling past it would waste up to half, and a block past 32 MiB
+  ** always gets fresh pages from glibc, where a reused one is warm. */
+  if (need > m->cap) cap = m->len + need + 4096;
+  else cap = m->cap * 2;
+  while (cap - m->len < need) cap *= 2;
   m = (loom_msg *)loom_realloc(m, offsetof(loom_msg, data) + cap);
   if (m == NULL) luaL_error(e->L, "not enough memory");
   m->cap = cap;
