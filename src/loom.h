@@ -427,9 +427,9 @@ typedef struct loom_procpool_config {
 LOOM_API loom_sched *loom_procpool_new(loom_procpool_config *cfg,
                                        const char **err);
 /* The default interpreter (owned): the running executable when argv0
-** (the lowest arg[] of the creating state, may be NULL) names it, so a
-** standalone interpreter, sanitizer builds included, runs its own kind of
-** worker; else "lua5.4", found in PATH. */
+** (the lowest arg[] of the creating state, may be NULL) names it, so that
+** a standalone interpreter runs its own kind of worker, and always in a
+** sanitizer build; else "lua5.4", found in PATH. */
 LOOM_API char *loom_procpool_interpreter(const char *argv0);
 /* core._process_worker(ppid): the main loop of a worker process. */
 LOOM_API int loom_process_worker(lua_State *L);

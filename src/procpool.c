@@ -1109,11 +1109,24 @@ static int same_file(const char *path, const struct stat *b) {
          && a.st_ino == b->st_ino;
 }
 
+/* A core built with a sanitizer loads only into an interpreter built with
+** it (the specs' host, spec/host/host.c): the running one. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
 char *loom_procpool_interpreter(const char *argv0) {
   struct stat exe;
   char buf[PATH_MAX];
-  int match = 0;
-  if (argv0 != NULL && *argv0 && stat("/proc/self/exe", &exe) == 0) {
+  int match = SANITIZED;
+  if (!match && argv0 != NULL && *argv0 && stat("/proc/self/exe", &exe) == 0) {
     if (strchr(argv0, '/')) match = same_file(argv0, &exe);
     else {   /* as the shell found it: along PATH */
       const char *path = getenv("PATH"), *s;
