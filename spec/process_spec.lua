@@ -530,7 +530,7 @@ describe("process_executor", function()
       local ex = pool { workers = 1, interpreter = "true" }
       local f = ex:submit(pid)
       local err = helpers.loom_error("broken", f.result, f, PATIENCE)
-      assert.truthy(err.message:find("before it was ready (interpreter 'true')", 1, true),
+      assert.truthy(err.message:find("exited with status 0 before it was ready (interpreter 'true')", 1, true),
                     err.message)
     end)
   end)

@@ -92,6 +92,9 @@ typedef struct pworker {
   int nflight;
   int pages, maxpages;     /* pipe pages charged; the pipe's */
   int setup_charge;
+  loom_pwframe out[LOOM_PW_DEPTH];      /* frames staged for one write, */
+  struct iovec iov[2 * LOOM_PW_DEPTH];  /* by seq % LOOM_PW_DEPTH */
+  int niov;
   long ntasks;             /* tasks sent to this process */
   int depth;               /* tasks it may have in flight now */
   double since;            /* its oldest task cannot have started before */
@@ -271,44 +274,52 @@ static pworker *pick_locked(procpool *p, size_t len, int *shm) {
   return best;
 }
 
+/* End w's process group at once (cancel, timeout, shutdown, a write that
+** failed, a malformed frame).  Its tasks are the caller's to complete; the
+** manager sees the death and queues again those that had not started. */
+static void kill_locked(pworker *w) {
+  if (w->state != W_LIVE && w->state != W_CLOSED) return;
+  if (kill(-w->pid, SIGKILL) != 0) kill(w->pid, SIGKILL);
+  w->niov = 0;
+  if (w->tfd >= 0) close(w->tfd);
+  w->tfd = -1;
+  w->state = W_KILLED;
+}
+
+/* Write the frames staged for w, in one go (they fit: see charge). */
+static void flush_locked(pworker *w) {
+  if (w->niov > 0 && w->tfd >= 0 && write_all(w->tfd, w->iov, w->niov) != 0)
+    kill_locked(w);
+  w->niov = 0;
+}
+
 /* Close w's task pipe: it ends after the tasks it has. */
 static void close_tasks_locked(pworker *w) {
+  flush_locked(w);
   if (w->tfd >= 0) close(w->tfd);
   w->tfd = -1;
   if (w->state == W_LIVE) w->state = W_CLOSED;
 }
 
-/* End w's process group at once (cancel, timeout, shutdown, a malformed
-** frame).  Its tasks are the caller's to complete; the manager sees the
-** death and queues again those that had not started. */
-static void kill_locked(pworker *w) {
-  if (w->state != W_LIVE && w->state != W_CLOSED) return;
-  if (kill(-w->pid, SIGKILL) != 0) kill(w->pid, SIGKILL);
-  close_tasks_locked(w);
-  w->state = W_KILLED;
-}
-
 /*
-** Hand f to w (which can take it: can_take said how).  Returns 1 when the
-** manager must look (a deadline to watch).  If the write fails, w is
-** killed and f goes back to the queue's front; if the payload cannot be
+** Hand f to w (which can take it: can_take said how): f is in flight, its
+** frame staged for flush_locked (if that write fails, w is killed, and f
+** goes back to the queue when its end is seen).  Returns 1 when the
+** manager must look (a deadline to watch).  If the payload cannot be
 ** placed, f fails (its pool reference then goes on *drop).
 */
 static int send_locked(procpool *p, pworker *w, loom_future *f, int shm,
                        loom_future **drop) {
   loom_msg *m = f->task;
   uint64_t seq = w->seq0 + (uint64_t)w->nflight;
-  int k = (int)(seq % LOOM_PW_DEPTH), n = 1, c, wake = 0;
-  loom_pwframe fr;
-  struct iovec iov[2];
-  memset(&fr, 0, sizeof fr);
-  fr.len = m->len;
-  fr.seq = seq;
-  fr.nchunk = f->nchunk;
-  fr.nseq = f->nseq;
-  fr.kind = LOOM_PW_TASK;
-  iov[0].iov_base = &fr;
-  iov[0].iov_len = sizeof fr;
+  int k = (int)(seq % LOOM_PW_DEPTH), c, wake = 0;
+  loom_pwframe *fr = &w->out[k];
+  memset(fr, 0, sizeof *fr);
+  fr->len = m->len;
+  fr->seq = seq;
+  fr->nchunk = f->nchunk;
+  fr->nseq = f->nseq;
+  fr->kind = LOOM_PW_TASK;
   if (shm) {
     if (down_reserve(w, m->len) != 0) {
       loom_future_fail_locked(f, "transfer", "not enough memory to send "
@@ -317,24 +328,19 @@ static int send_locked(procpool *p, pworker *w, loom_future *f, int shm,
       return 0;
     }
     memcpy(w->down + LOOM_PW_DATA, m->data, m->len);
-    fr.flags = LOOM_PW_SHM;
+    fr->flags = LOOM_PW_SHM;
     w->downbusy = 1;
     w->downseq = seq;
   }
-  else {
-    iov[1].iov_base = m->data;
-    iov[1].iov_len = m->len;
-    n = 2;
+  w->iov[w->niov].iov_base = fr;
+  w->iov[w->niov++].iov_len = sizeof *fr;
+  if (!shm) {
+    w->iov[w->niov].iov_base = m->data;
+    w->iov[w->niov++].iov_len = m->len;
   }
-  c = charge(w, sizeof fr + (shm ? 0 : m->len));
+  c = charge(w, sizeof *fr + (shm ? 0 : m->len));
   atomic_store(&w->ctl->slot[k].started, 0);
   atomic_store(&w->ctl->slot[k].state, seq << 2 | LOOM_PW_QUEUED);
-  if (write_all(w->tfd, iov, n) != 0) {
-    if (shm) w->downbusy = 0;
-    kill_locked(w);
-    push_front_locked(p, f);
-    return 1;
-  }
   w->pages += c;
   w->charge[k] = c;
   w->flight[k] = f;
@@ -350,13 +356,15 @@ static int send_locked(procpool *p, pworker *w, loom_future *f, int shm,
   return wake;
 }
 
-/* Hand queued tasks to the workers that can take them, in order. */
+/* Hand queued tasks to the workers that can take them, in order; one
+** write per worker. */
 static int dispatch_locked(procpool *p, loom_future **drop) {
-  int wake = 0, shm;
+  int wake = 0, shm, i;
   pworker *w;
   while (p->head != NULL
          && (w = pick_locked(p, p->head->task->len, &shm)) != NULL)
     wake |= send_locked(p, w, dequeue_locked(p), shm, drop);
+  for (i = 0; i < p->nworkers; i++) flush_locked(&p->w[i]);
   return wake;
 }
 
@@ -397,8 +405,10 @@ static int pp_submit(loom_sched *s, loom_future *f) {
     loom_future_decref(f);
     return 0;
   }
-  if (p->head == NULL && (w = pick_locked(p, f->task->len, &shm)) != NULL)
+  if (p->head == NULL && (w = pick_locked(p, f->task->len, &shm)) != NULL) {
     wake = send_locked(p, w, f, shm, &drop);
+    flush_locked(w);
+  }
   else enqueue_locked(p, f);
   pthread_mutex_unlock(&s->mu);
   if (wake) wake_manager(p);
