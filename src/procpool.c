@@ -105,6 +105,7 @@ typedef struct pworker {
   unsigned char *in;       /* bytes read from rfd, not yet parsed */
   size_t inlen, incap;
   int eof;                 /* rfd said end-of-file */
+  const char *bad;         /* its results could not be read: why; end it */
   int exited;              /* the process ended (pidfd, or eof) */
   int status;              /* its wait status, or -1: unknown */
 } pworker;
@@ -600,6 +601,9 @@ static int spawn_worker(procpool *p, pworker *w, char *err, size_t errlen) {
   rc = fcntl(tp[1], F_GETPIPE_SZ);
   w->maxpages = rc > 0 ? rc / PAGE : 1;
   fcntl(rp[0], F_SETFL, O_NONBLOCK);
+  /* Never blocks by the count of pages; if it ever would, the worker is
+  ** ended (its tasks go to another), not the pool stalled. */
+  fcntl(tp[1], F_SETFL, O_NONBLOCK);
   tp[0] = high_fd(tp[0]);
   rp[1] = high_fd(rp[1]);
   if (tp[0] < 0 || rp[1] < 0) goto fail;
@@ -702,6 +706,7 @@ static void spawn_missing_locked(procpool *p, loom_future **drop) {
     w->downbusy = 1;
     w->downseq = SETUP_SEQ;
     w->eof = w->exited = 0;
+    w->bad = NULL;
     w->status = -1;
     dispatch_locked(p, drop);
   }
@@ -736,6 +741,7 @@ static void parse_frames(procpool *p, pworker *w) {
     shm = d->fr.flags & LOOM_PW_SHM;
     if (d->fr.len > SIZE_MAX / 2) {   /* malformed: end the worker */
       w->eof = 1;
+      w->bad = "sent a malformed message and was stopped";
       break;
     }
     len = (size_t)d->fr.len;
@@ -793,7 +799,8 @@ static void pull(procpool *p, pworker *w, int drain) {
           cap = sizeof fr + (size_t)fr.len + LOOM_PW_INLINE;
       }
       if ((b = (unsigned char *)loom_realloc(w->in, cap)) == NULL) {
-        w->eof = 1;   /* nothing sensible left: treat as its end */
+        w->eof = 1;   /* it is ended (under mu) */
+        w->bad = "could not be read (not enough memory) and was stopped";
         return;
       }
       w->in = b;
@@ -1077,6 +1084,11 @@ static void *manager_main(void *arg) {
     pthread_mutex_lock(&p->base.mu);
     p->untimed = 0;
     for (i = 0; i < p->ndones; i++) apply_locked(p, &p->dones[i], &drop);
+    for (i = 0; i < p->nworkers; i++)
+      if (p->w[i].bad && !p->w[i].exited) {
+        p->w[i].why = p->w[i].bad;
+        kill_locked(&p->w[i]);
+      }
     for (i = 0; i < p->nworkers; i++)
       if (p->w[i].exited) bury_locked(p, &p->w[i], &drop);
     if (p->broken) break_locked(p, p->broken, &drop);
