@@ -220,8 +220,8 @@ static int run_task(lua_State *L) {
   lua_settop(L, 0);
   lua_pushcfunction(L, msghandler);          /* 1 */
   base = lua_gettop(L);
-  f->task = NULL;
   n = loom_decode(L, task->data, task->len, 1, task);
+  f->task = NULL;   /* (kept until here: if decoding raises, it is freed) */
   if (!(f->xflags & LOOM_TASK_BORROWED))
     loom_msg_free(task);                     /* the copy is made */
   if (n < 1 || !lua_isfunction(L, base + 1))
@@ -290,7 +290,7 @@ int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o) {
     /* else raised to the caller as a plain string (NULL: no memory) */
   }
   if (!(f->xflags & LOOM_TASK_BORROWED))
-    loom_msg_free(f->task);   /* when decoding never started */
+    loom_msg_free(f->task);   /* when decoding did not finish */
   f->task = NULL;
   lua_settop(L, 0);
   return st;
