@@ -434,6 +434,11 @@ LOOM_API char *loom_procpool_interpreter(const char *argv0);
 /* core._process_worker(ppid): the main loop of a worker process. */
 LOOM_API int loom_process_worker(lua_State *L);
 
+/* Write the n buffers of iov to fd, whatever the partial writes: 0, or
+** -1 (errno set; EAGAIN on a non-blocking fd that is full). */
+struct iovec;
+LOOM_API int loom_pw_write(int fd, struct iovec *iov, int n);
+
 /* The worker's descriptors, as the parent sets them up. */
 enum { LOOM_PW_TASKS = 3, LOOM_PW_RESULTS, LOOM_PW_CTL, LOOM_PW_DOWN,
        LOOM_PW_UP, LOOM_PW_NFD };

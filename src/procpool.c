@@ -221,7 +221,7 @@ static int down_reserve(pworker *w, size_t len) {
   return 0;
 }
 
-static int write_all(int fd, struct iovec *iov, int n) {
+int loom_pw_write(int fd, struct iovec *iov, int n) {
   while (n > 0) {
     ssize_t k = writev(fd, iov, n);
     if (k < 0) {
@@ -289,7 +289,7 @@ static void kill_locked(pworker *w) {
 
 /* Write the frames staged for w, in one go (they fit: see charge). */
 static void flush_locked(pworker *w) {
-  if (w->niov > 0 && w->tfd >= 0 && write_all(w->tfd, w->iov, w->niov) != 0)
+  if (w->niov > 0 && w->tfd >= 0 && loom_pw_write(w->tfd, w->iov, w->niov) != 0)
     kill_locked(w);
   w->niov = 0;
 }
@@ -663,7 +663,7 @@ static int spawn_worker(procpool *p, pworker *w, char *err, size_t errlen) {
     struct iovec iov;
     iov.iov_base = &fr;
     iov.iov_len = sizeof fr;
-    write_all(w->tfd, &iov, 1);   /* if it fails, the worker ends: seen */
+    loom_pw_write(w->tfd, &iov, 1);   /* if it fails, the worker ends: seen */
   }
   return 0;
 fail:

@@ -104,26 +104,6 @@ static int next_frame(wstate *w, loom_pwframe *fr, unsigned char **payload) {
   }
 }
 
-static int write_all(struct iovec *iov, int n) {
-  while (n > 0) {
-    ssize_t k = writev(LOOM_PW_RESULTS, iov, n);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    while (n > 0 && (size_t)k >= iov->iov_len) {
-      k -= (ssize_t)iov->iov_len;
-      iov++;
-      n--;
-    }
-    if (n > 0) {
-      iov->iov_base = (char *)iov->iov_base + k;
-      iov->iov_len -= (size_t)k;
-    }
-  }
-  return 0;
-}
-
 /* Send one frame with a payload of len bytes (two parts: a and b).  A
 ** large one goes through the up region while the parent has taken the
 ** last one out of it. */
@@ -153,14 +133,14 @@ static int send_frame(wstate *w, int kind, uint64_t seq, const void *a,
       if (blen) memcpy(w->up + LOOM_PW_DATA + alen, b, blen);
       atomic_store_explicit(&w->ctl->up_busy, 1, memory_order_release);
       fr.flags = LOOM_PW_SHM;
-      return write_all(iov, 1);
+      return loom_pw_write(LOOM_PW_RESULTS, iov, 1);
     }
   }
   iov[1].iov_base = (void *)a;
   iov[1].iov_len = alen;
   iov[2].iov_base = (void *)b;
   iov[2].iov_len = blen;
-  return write_all(iov, 3);
+  return loom_pw_write(LOOM_PW_RESULTS, iov, 3);
 }
 
 /* Send how a task ended.  The kinds and texts say what loom_outcome
