@@ -447,6 +447,8 @@ enum { LOOM_PW_TASKS = 3, LOOM_PW_RESULTS, LOOM_PW_CTL, LOOM_PW_DOWN,
 #define LOOM_PW_DATA  4096    /* a payload's offset in its region */
 #define LOOM_PW_INLINE (64 * 1024)   /* a larger payload goes through its
                                         region (when that is free) */
+#define LOOM_PW_KEEP ((size_t)64 << 20)  /* a larger region is given back
+                                            once its payload is taken */
 
 /* One frame, either way: a header and len bytes of payload, which follow
 ** it in the pipe or (LOOM_PW_SHM) sit at LOOM_PW_DATA in the region. */

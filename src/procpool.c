@@ -887,7 +887,15 @@ static void apply_locked(procpool *p, pdone *d, loom_future **drop) {
   w->pages -= w->charge[k];
   w->seq0++;
   w->nflight--;
-  if (w->downbusy && w->downseq == d->fr.seq) w->downbusy = 0;
+  if (w->downbusy && w->downseq == d->fr.seq) {
+    w->downbusy = 0;
+    if (w->downmap > LOOM_PW_KEEP) {   /* one huge task: not kept for good */
+      munmap(w->down, w->downmap);
+      w->down = NULL;
+      w->downmap = 0;
+      if (ftruncate(w->downfd, 0) != 0) { /* kept, then */ }
+    }
+  }
   /* pipelined while its tasks are short */
   now = loom_now();
   w->depth = now - w->since < SHORT_TASK ? LOOM_PW_DEPTH : 1;

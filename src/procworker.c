@@ -118,6 +118,14 @@ static int send_frame(wstate *w, int kind, uint64_t seq, const void *a,
   fr.len = len;
   iov[0].iov_base = &fr;
   iov[0].iov_len = sizeof fr;
+  if (w->upmap > LOOM_PW_KEEP && len <= LOOM_PW_KEEP
+      && !atomic_load_explicit(&w->ctl->up_busy, memory_order_acquire)) {
+    /* the parent has taken a huge result out: give the memory back */
+    munmap(w->up, w->upmap);
+    w->up = NULL;
+    w->upmap = 0;
+    if (ftruncate(LOOM_PW_UP, 0) != 0) { /* kept, then */ }
+  }
   if (len > LOOM_PW_INLINE
       && !atomic_load_explicit(&w->ctl->up_busy, memory_order_acquire)) {
     size_t need = LOOM_PW_DATA + len;
@@ -293,7 +301,7 @@ static int worker_loop(wstate *w, lua_Integer ppid) {
   ** (warm pages) instead of giving them back and faulting fresh ones in
   ** for every large task. */
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
 #endif
   /* die with the parent, even one killed outright */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
