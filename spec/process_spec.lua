@@ -133,6 +133,19 @@ describe("process_executor", function()
       end
     end)
 
+    it("moves payloads larger than 64 MiB both ways, and smaller ones after", function()
+      local ex = pool { workers = 1 }
+      local big = string.rep("b", 65 * 1024 * 1024)
+      local n, back = ex:submit(function(s) return #s, s .. "!" end, big):result(PATIENCE)
+      assert.are.equal(#big, n)
+      assert.are.equal(#big + 1, #back)
+      assert.are.equal("bb!", back:sub(-3))
+      back = nil -- luacheck: ignore 311
+      -- the regions were given back; they grow again when needed
+      assert.are.equal(100000, #ex:submit(string.rep, "c", 100000):result(PATIENCE))
+      assert.are.equal(#big, ex:submit(string.len, big):result(PATIENCE))
+    end)
+
     it("returns a task's error with the worker's traceback", function()
       local ex = pool { workers = 1 }
       local f = ex:submit(function() error({ code = 7 }) end)
