@@ -18,11 +18,13 @@
 ** A worker may have up to LOOM_PW_DEPTH tasks in flight while its tasks
 ** are short (so it never waits for the next one), one while they are
 ** long (so none waits behind a long one).  As in CPython, a task is
-** 'running' once it is handed to a worker process.  The writes never
-** block: the pages each write can take in the pipe are counted (see
-** charge()), and nothing is written that would not fit; the parent also
-** keeps the pipe's read end, so a write to a dead worker cannot raise
-** SIGPIPE.  A payload larger than LOOM_PW_INLINE goes through a shared
+** 'running' once it is handed to a worker process.  The frames for one
+** worker go out in one write.  The writes never block: the pages each
+** write can take in the pipe are counted (see charge()), and nothing is
+** written that would not fit (the pipe is non-blocking all the same: a
+** write that fails ends that worker, never stalls the pool); the parent
+** also keeps the pipe's read end, so a write to a dead worker cannot
+** raise SIGPIPE.  A payload larger than LOOM_PW_INLINE goes through a shared
 ** memory region (one each way per worker, reused so its pages stay
 ** warm), the frame in the pipe only naming it.
 **
@@ -98,7 +100,7 @@ typedef struct pworker {
   long ntasks;             /* tasks sent to this process */
   int depth;               /* tasks it may have in flight now */
   double since;            /* its oldest task cannot have started before */
-  const char *why;         /* KILLED for a malformed frame: this */
+  const char *why;         /* KILLED for what it sent: why (for 'crashed') */
   /* The manager's alone: */
   unsigned char *up;       /* the up region */
   size_t upmap;
