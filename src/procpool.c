@@ -1127,7 +1127,10 @@ static char *core_path(void) {
       continue;
     path = strchr(line, '/');
     if (path) {
-      path[strcspn(path, "\n")] = '\0';
+      size_t n = strcspn(path, "\n"), d = sizeof " (deleted)" - 1;
+      /* replaced since it was loaded (an upgrade): the file there now */
+      if (n > d && memcmp(path + n - d, " (deleted)", d) == 0) n -= d;
+      path[n] = '\0';
       found = loom_strdup(path);
     }
   }
