@@ -291,7 +291,8 @@ static void kill_locked(pworker *w) {
 
 /* Write the frames staged for w, in one go (they fit: see charge). */
 static void flush_locked(pworker *w) {
-  if (w->niov > 0 && w->tfd >= 0 && loom_pw_write(w->tfd, w->iov, w->niov) != 0)
+  if (w->niov > 0 && w->tfd >= 0
+      && loom_pw_write(w->tfd, w->iov, w->niov) != 0)
     kill_locked(w);
   w->niov = 0;
 }
@@ -652,7 +653,11 @@ static int spawn_worker(procpool *p, pworker *w, char *err, size_t errlen) {
     return -1;
   }
   w->pid = pid;
+#ifdef SYS_pidfd_open
   w->pidfd = p->use_pidfd ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+#else
+  w->pidfd = -1;
+#endif
   w->tfd = tp[1];
   w->tkeep = tp[0];
   w->rfd = rp[0];

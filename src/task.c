@@ -145,7 +145,7 @@ static void chunk_fixup(lua_State *L, int out, int k, int refs) {
       if (lua_type(L, out + 1) == LUA_TTABLE) lua_pop(L, 1);
       lua_pushvalue(L, out + 1 + j);
     }
-    if (!try_encode(L, n, NULL, refs)) {   /* as a plain task's: no traceback */
+    if (!try_encode(L, n, NULL, refs)) {  /* as a plain task's: no traceback */
       chunk_extras(L, out);
       lua_pushnil(L);
       lua_setfield(L, out + 1, "tb");
