@@ -563,6 +563,34 @@ describe("process_executor", function()
     end)
   end)
 
+  describe("soak #soak", function()
+    it("keeps every future right through crashes, timeouts, cancels and recycling #soak", function()
+      local ex = pool { workers = 3, task_timeout = 1, max_tasks_per_child = 50 }
+      local random = reliability.random(12)
+      local futs, kinds = {}, {}
+      for i = 1, 3000 do
+        local r = random(100)
+        if r <= 2 then kinds[i], futs[i] = "die", ex:submit(die)
+        elseif r <= 4 then kinds[i], futs[i] = "spin", ex:submit(function() while true do end end)
+        elseif r <= 6 then
+          kinds[i], futs[i] = "big", ex:submit(string.len, string.rep("x", 100000 + i))
+        else kinds[i], futs[i] = "ok", ex:submit(function(x) return x * 2 end, i) end
+        if i > 5 and random(100) <= 3 then futs[i - random(5)]:cancel { running = true } end
+      end
+      local allowed = { die = { crashed = true }, spin = { timeout = true }, big = {}, ok = {} }
+      for i = 1, #futs do
+        local ok, v = pcall(futs[i].result, futs[i], PATIENCE)
+        if ok then
+          local want = kinds[i] == "ok" and 2 * i or kinds[i] == "big" and 100000 + i
+          assert(want and v == want, "task " .. i .. " (" .. kinds[i] .. "): " .. tostring(v))
+        else
+          assert(type(v) == "table" and (v.kind == "cancelled" or allowed[kinds[i]][v.kind]),
+                 "task " .. i .. " (" .. kinds[i] .. "): " .. tostring(v))
+        end
+      end
+    end)
+  end)
+
   describe("no orphans", function()
     it("leaves no worker behind when its parent is killed with SIGKILL", function()
       local name, reader = fifo()
