@@ -19,7 +19,7 @@ INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 BUSTED     ?= busted
 
 SRC  = src/alloc.c src/transfer.c src/channel.c src/future.c src/task.c \
-       src/pool.c src/lua_module.c src/lua_future.c src/lua_executor.c \
+       src/pool.c src/procpool.c src/procworker.c src/lua_module.c src/lua_future.c src/lua_executor.c \
        src/lua_channel.c
 # completion queues; loom's Lua modules built into the core
 SRC += src/lua_queue.c src/lua_preload.c

@@ -97,6 +97,8 @@ local function w1(runs)
   local seq = {}
   for i = 1, N do seq[i] = i end
   local ex <close> = loom.executor { workers = 2 }
+  local px <close> = loom.process_executor { workers = 2 }
+  for i = 1, 100 do px:submit(inc, i):result() end   -- the workers are up
   local sink = 0   -- results are used, so no call is pointless
   local samples = rounds(runs, {
     serial = function()
@@ -121,6 +123,15 @@ local function w1(runs)
       end
       sink = sink + calls
     end,
+    -- the same two on the process pool
+    psubmit = function()
+      local futs = {}
+      for i = 1, N do futs[i] = px:submit(inc, i) end
+      for i = 1, N do sink = sink + futs[i]:result() end
+    end,
+    pmap256 = function()
+      for _, r in px:map { inc, seq, chunksize = 256 } do sink = sink + r end
+    end,
     -- diagnostic: the cheapest loop over N results that an iterator can
     -- give (ipairs, in C, over a ready table), a floor for map's own loop
     ipairs = function()
@@ -128,7 +139,7 @@ local function w1(runs)
       for _, r in ipairs(seq) do s = s + r end
       sink = sink + s
     end,
-  }, { "serial", "submit", "map256", "map256p", "ipairs" })
+  }, { "serial", "submit", "map256", "map256p", "psubmit", "pmap256", "ipairs" })
   samples.n = N
   return samples
 end
@@ -189,7 +200,7 @@ local function w2(runs)
   end
 
   local samples = { serial = {}, cores_serial = {}, calls = CALLS, loop_count = n,
-                    per_call_target = TARGET, procs2 = {} }
+                    per_call_target = TARGET, procs2 = {}, process2 = {} }
   for _, w in ipairs(W2_WORKERS) do
     samples["w" .. w], samples["cores_w" .. w] = {}, {}
   end
@@ -206,6 +217,12 @@ local function w2(runs)
       dt, cores = timed(function() batch(ex, n) end)
       if r > 0 then samples["w" .. w][r], samples["cores_w" .. w][r] = dt, cores end
     end
+    do   -- a process pool of 2, started and warmed outside the timing
+      local px <close> = loom.process_executor { workers = 2 }
+      batch(px, n // 50)
+      dt = timed(function() batch(px, n) end)
+      if r > 0 then samples.process2[r] = dt end
+    end
     progress("W2 round %d/%d done", r, runs)
   end
   return samples
@@ -220,6 +237,7 @@ local function w3(runs)
   for i = 1, NFLOAT do t[i] = math.random() end
   local s = string.rep("x", STRLEN)
   local ex <close> = loom.executor { workers = 2 }
+  local px <close> = loom.process_executor { workers = 2 }
 
   local function sum(a)
     local acc = 0.0
@@ -245,7 +263,15 @@ local function w3(runs)
       assert(#back == NFLOAT)
     end,
     string = function() assert(ex:submit(length, s):result() == STRLEN) end,
-  }, { "copy", "sum", "roundtrip", "rep", "sub", "string", "sumloop", "codec" })
+    -- the same three on the process pool
+    psum = function() px:submit(sum, t):result() end,
+    proundtrip = function()
+      local back = px:submit(identity, t):result()
+      assert(#back == NFLOAT)
+    end,
+    pstring = function() assert(px:submit(length, s):result() == STRLEN) end,
+  }, { "copy", "sum", "roundtrip", "rep", "sub", "string", "psum", "proundtrip",
+       "pstring", "sumloop", "codec" })
   samples.floats, samples.string_bytes = NFLOAT, STRLEN
   return samples
 end
@@ -256,11 +282,15 @@ local function w4(runs)
   local N = 2000
   progress("W4 %d sequential round trips x %d runs", N, runs)
   local ex <close> = loom.executor { workers = 2 }
+  local px <close> = loom.process_executor { workers = 2 }
   local samples = rounds(runs, {
     roundtrip = function()
       for i = 1, N do ex:submit(inc, i):result() end
     end,
-  }, { "roundtrip" })
+    process = function()
+      for i = 1, N do px:submit(inc, i):result() end
+    end,
+  }, { "roundtrip", "process" })
   samples.n = N
   return samples
 end
@@ -280,7 +310,17 @@ local function w5_startup()
     ex:close()
     if i > WARM then samples[#samples + 1] = dt end
   end
-  return { startup = samples }
+  -- the process pool: fewer samples, as Python's
+  local psamples = {}
+  for i = 1, 2 + 20 do
+    local t0 = clock()
+    local px = loom.process_executor { workers = 2 }
+    px:submit(inc, 1):result()
+    local dt = clock() - t0
+    px:close()
+    if i > 2 then psamples[#psamples + 1] = dt end
+  end
+  return { startup = samples, process_startup = psamples }
 end
 
 -- W5 (memory): RSS held by 100,000 queued tasks. The executor's only

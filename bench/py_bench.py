@@ -97,11 +97,16 @@ def w1(runs):
         def process_map256():
             sink[0] += sum(pp.map(inc, range(n), chunksize=256))
 
+        def process_submit():
+            futs = [pp.submit(inc, i) for i in range(n)]
+            sink[0] += sum(fu.result() for fu in futs)
+
         samples = rounds(runs, {
             "serial": serial,
             "thread_submit": submit,
             "thread_map": thread_map,
             "process_map256": process_map256,
+            "process_submit": process_submit,
         })
     samples["n"] = n
     return samples

@@ -126,12 +126,16 @@ def figures(lua, py, lua_mem, py_mem):
     rate("w1.pyT.submit", py["w1"]["thread_submit"], n, "tasks/s")
     rate("w1.pyT.map", py["w1"]["thread_map"], n, "calls/s")
     rate("w1.pyP.map256", py["w1"]["process_map256"], n, "calls/s")
+    rate("w1.loomP.submit", lua["w1"]["psubmit"], n, "tasks/s")
+    rate("w1.loomP.map256", lua["w1"]["pmap256"], n, "calls/s")
+    rate("w1.pyP.submit", py["w1"]["process_submit"], n, "tasks/s")
 
     secs("w2.lua.serial", lua["w2"]["serial"], "s")
     for w in (1, 2, 4, 8):
         secs(f"w2.loom.{w}", lua["w2"][f"w{w}"], "s")
         secs(f"w2.pyP.{w}", py["w2"][f"process{w}"], "s")
     secs("w2.lua.procs2", lua["w2"]["procs2"], "s")
+    secs("w2.loomP.2", lua["w2"]["process2"], "s")
     secs("w2.py.serial", py["w2"]["serial"], "s")
     secs("w2.pyT.2", py["w2"]["thread2"], "s")
 
@@ -144,11 +148,14 @@ def figures(lua, py, lua_mem, py_mem):
         for m in ("sum", "roundtrip", "string"):
             secs(f"w3.{pool}.{m}", src["w3"][m], "ms")
     secs("w3.lua.sub", lua["w3"]["sub"], "ms")
+    for m in ("sum", "roundtrip", "string"):
+        secs(f"w3.loomP.{m}", lua["w3"]["p" + m], "ms")
 
     n = lua["w4"]["n"]
     secs("w4.loom", lua["w4"]["roundtrip"], "µs", n)
     secs("w4.pyT", py["w4"]["thread"], "µs", n)
     secs("w4.pyP", py["w4"]["process"], "µs", n)
+    secs("w4.loomP", lua["w4"]["process"], "µs", n)
 
     def mem(key, probes):
         per = [p["bytes_per_task"] for p in probes]
@@ -169,6 +176,7 @@ def figures(lua, py, lua_mem, py_mem):
         rate("w6.await", w6["await"], n, "tasks/s")
         secs("w6.timer.idle", w6["timer_idle"], "ms")
         secs("w6.timer.busy", w6["timer_busy"], "ms")
+    secs("w5.loomP.startup", lua["w5"]["process_startup"], "ms")
     return fig
 
 
@@ -182,6 +190,11 @@ def figures(lua, py, lua_mem, py_mem):
 def target(text, measured=None, op=None, threshold=None, unit="x"):
     return {"text": text, "measured": measured, "op": op,
             "threshold": threshold, "unit": unit}
+
+
+def beside(r, what="rate"):
+    """A note: a process-pool figure beside the thread pool's, in the row above."""
+    return target(f"({num(r)}x the thread pool's {what})")
 
 
 def speedup(fig, serial_key, key):
@@ -206,11 +219,21 @@ def table_rows(fig, lua, py):
          None, None,
          [target(f"{v('w1.loom.map256p') / v('w1.loom.map256'):.2f}x the rate "
                  "without progress")]),
+        ("loom process pool submit+result", "w1.loomP.submit", "w1.lua.serial",
+         None, "w1.pyP.submit",
+         [target(">= 10x Py process", v("w1.loomP.submit") / v("w1.pyP.submit"), ">=", 10),
+          beside(v("w1.loomP.submit") / v("w1.loom.submit"))]),
+        ("loom process pool map chunksize=256", "w1.loomP.map256", "w1.lua.serial",
+         None, "w1.pyP.map256",
+         [target(">= 5x Py process", v("w1.loomP.map256") / v("w1.pyP.map256"), ">=", 5),
+          beside(v("w1.loomP.map256") / v("w1.loom.map256"))]),
         ("(diag.) ipairs over a ready table", "w1.lua.ipairs", "w1.lua.serial",
          None, None, [target("a floor for any map loop")]),
         ("Python serial loop", "w1.py.serial", "w1.lua.serial", None, None, []),
         ("Py ThreadPool submit+result", "w1.pyT.submit", "w1.lua.serial", None, None, []),
         ("Py ThreadPool map", "w1.pyT.map", "w1.lua.serial", None, None, []),
+        ("Py ProcessPool submit+result", "w1.pyP.submit", "w1.lua.serial",
+         None, None, []),
         ("Py ProcessPool map chunksize=256", "w1.pyP.map256", "w1.lua.serial",
          None, None, []),
         ("W2", f"{lua['w2']['calls']} calls of a CPU loop calibrated to "
@@ -229,7 +252,13 @@ def table_rows(fig, lua, py):
         rows.append((f"loom {w} worker{'s' if w > 1 else ''}", f"w2.loom.{w}",
                      "w2.lua.serial", "w2.pyT.2" if w == 2 else None,
                      f"w2.pyP.{w}", targets))
-    sp = speedup(fig, "w2.lua.serial", "w2.lua.procs2")
+    ceiling = speedup(fig, "w2.lua.serial", "w2.lua.procs2")
+    sp = speedup(fig, "w2.lua.serial", "w2.loomP.2")
+    rows.append(("loom process pool 2 workers", "w2.loomP.2", "w2.lua.serial", None,
+                 "w2.pyP.2",
+                 [target("speedup >= 0.95x the ceiling", sp / ceiling, ">=", 0.95),
+                  target(f"(speedup {sp:.2f}x)")]))
+    sp = ceiling
     rows.append(("2 lua5.4 processes, no loom", "w2.lua.procs2", "w2.lua.serial",
                  None, None, [target(f"speedup {sp:.2f}x: the machine's ceiling")]))
     rows.append(("Python serial", "w2.py.serial", "w2.lua.serial", None, None, []))
@@ -258,6 +287,20 @@ def table_rows(fig, lua, py):
          "w3.pyP.string",
          [target("<= 1.2x one copy", v("w3.loom.string") / v("w3.lua.sub"), "<=", 1.2)]),
         ("string.rep (serial Lua)", "w3.lua.rep", "w3.lua.sub", None, None, []),
+         [target("<= 3x string.rep", v("w3.loom.string") / v("w3.lua.rep"), "<=", 3)]),
+        ("loom process pool: send table, return sum", "w3.loomP.sum", "w3.lua.copy",
+         None, "w3.pyP.sum",
+         [target("<= 1/5 Py process", v("w3.loomP.sum") / v("w3.pyP.sum"), "<=", 0.2),
+          beside(v("w3.loomP.sum") / v("w3.loom.sum"), "time")]),
+        ("loom process pool: table round trip", "w3.loomP.roundtrip", "w3.lua.copy",
+         None, "w3.pyP.roundtrip",
+         [target("<= 1/5 Py process", v("w3.loomP.roundtrip") / v("w3.pyP.roundtrip"),
+                 "<=", 0.2),
+          beside(v("w3.loomP.roundtrip") / v("w3.loom.roundtrip"), "time")]),
+        ("loom process pool: send string, return #s", "w3.loomP.string", "w3.lua.sub",
+         None, "w3.pyP.string",
+         [target("<= 1/5 Py process", v("w3.loomP.string") / v("w3.pyP.string"), "<=", 0.2),
+          beside(v("w3.loomP.string") / v("w3.loom.string"), "time")]),
         ("(diag.) sum loop alone", "w3.lua.sumloop", "w3.lua.copy", None,
          None, []),
         ("(diag.) loom.decode(loom.encode(t))", "w3.lua.codec", "w3.lua.copy",
@@ -276,6 +319,9 @@ def table_rows(fig, lua, py):
                "time per round trip"),
         ("loom", "w4.loom", None, "w4.pyT", "w4.pyP",
          [target("<= 1/7 Py thread", v("w4.loom") / v("w4.pyT"), "<=", 1 / 7)]),
+        ("loom process pool", "w4.loomP", None, "w4.pyT", "w4.pyP",
+         [target("<= 1/5 Py process", v("w4.loomP") / v("w4.pyP"), "<=", 0.2),
+          beside(v("w4.loomP") / v("w4.loom"), "time")]),
         ("Py ThreadPool", "w4.pyT", None, None, None, []),
         ("Py ProcessPool", "w4.pyP", None, None, None, []),
         ("W5", "memory per queued task (100,000 queued, futures kept); "
@@ -286,6 +332,8 @@ def table_rows(fig, lua, py):
         ("loom executor{workers=2} + 1st result", "w5.loom.startup", None,
          "w5.pyT.startup", "w5.pyP.startup",
          [target("< 2 ms", v("w5.loom.startup") * 1e3, "<", 2, " ms")]),
+        ("loom process_executor{workers=2} + 1st", "w5.loomP.startup", None,
+         "w5.pyT.startup", "w5.pyP.startup", []),
         ("Py ThreadPoolExecutor(2) + 1st result", "w5.pyT.startup", None, None,
          None, []),
         ("Py ProcessPoolExecutor(2) + 1st result", "w5.pyP.startup", None, None,

@@ -34,8 +34,8 @@ local function assert_clean_error(err)
   end
 end
 
-local function sweep(which, path, check)
-  local ex <close> = loom.executor(1)
+local function sweep(which, path, check, make)
+  local ex <close> = (make or loom.executor)(1)
   -- the worker's state is made on its own thread: let that finish first
   assert.are.equal("ready", ex:submit(function() return "ready" end):result())
   local k, failures = 1, 0
@@ -118,6 +118,20 @@ maybe("allocation failures", function()
     end)
     assert.is_true(steps > 1)
     assert.is_true(ended >= 1, "the copy at the sender's end never failed")
+  end)
+
+  it("on the path of a process pool's task: an error or the value, and it goes on", function()
+    -- the parent's side: submit, the manager reading results, completion
+    local steps, failures = sweep("core", function(ex)
+      local f = ex:submit(function(t) return { t[1], t.s .. "!" }, #t.s end,
+                          { 7, s = ("abc"):rep(30000) })
+      return f:result()
+    end, function(v, n)
+      assert.are.same({ 7, ("abc"):rep(30000) .. "!" }, v)
+      assert.are.equal(90000, n)
+    end, loom.process_executor)
+    assert.is_true(steps > 1)
+    assert.is_true(failures >= 1, "no allocation failure was ever reported")
   end)
 
   it("in a new executor: creation fails cleanly or works", function()

@@ -84,6 +84,16 @@ describe("examples", function()
     assert.are.equal(1, errors)
   end)
 
+  it("process_pool.lua maps on processes, and a crash fails only its task", function()
+    local out = lines(run_example("process_pool"))
+    assert.are.equal(8, #out)
+    assert.are.equal("1099726899285419 is prime: false", out[6])
+    for i = 1, 5 do assert.truthy(out[i]:match(" is prime: true$"), out[i]) end
+    assert.truthy(out[7]:match("^the crashing task failed: crashed %(worker process %d+ "
+                               .. "was killed by signal 9 %(SIGKILL%)%)$"), out[7])
+    assert.are.equal("the other tasks finished: 6 of 6", out[8])
+  end)
+
   it("encode_decode.lua round-trips and refuses as it says", function()
     local out = run_example("encode_decode")
     assert.truthy(out:find("refused a function", 1, true))

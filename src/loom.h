@@ -10,6 +10,8 @@
 **                  know a pool only as a loom_sched (its lock and ops)
 **   task.c         running a task inside a state, for every kind of pool
 **   pool.c         the thread pool: a task queue and worker threads
+**   procpool.c     the process pool: worker processes and their manager
+**   procworker.c   the main loop of a worker process
 **   lua_module.c   the Lua binding: luaopen_loom_core, the per-state
 **                  module record, module functions
 **   lua_future.c   the binding of futures, waiting, as_completed, map
@@ -201,6 +203,22 @@ LOOM_API loom_msg *loom_encode_map(lua_State *L, int first, int n,
 LOOM_API loom_msg *loom_encode_list(lua_State *L, int first, int n);
 
 /*
+** The refs modes of loom_encode_mode ('refs_ok' above is NONE or THREADS).
+** Between threads a message may refer to channels and shared bytecode; a
+** string (loom.encode) and a message to another process are
+** self-contained, and the latter refuses a channel as one that cannot
+** cross into another process.
+*/
+#define LOOM_REFS_NONE    0
+#define LOOM_REFS_THREADS 1
+#define LOOM_REFS_PROCESS 2
+/* loom_encode (list 0, i0 and nseq 0), loom_encode_list (list 1) or
+** loom_encode_map (place LOOM_AT_MAP, i0, nseq), in any refs mode. */
+LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
+                                    loom_place place, int argbase, int refs,
+                                    int list, lua_Integer i0, int nseq);
+
+/*
 ** Decode a message of len bytes at p, pushing its values; returns their
 ** number.  'functions' allows bytecode (never for untrusted input).
 ** 'm' (may be NULL) supplies the channel references.  Raises a transfer
@@ -381,6 +399,7 @@ struct loom_future {
   /* The task: set before submit; the worker takes it. */
   loom_msg *task;          /* function and arguments */
   int nchunk, nseq;        /* a map chunk: nchunk calls of nseq args */
+  int xflags;              /* LOOM_TASK_*, for the task runner */
   /* Set once, under sched->mu, when it finishes; read-only after. */
   loom_outcome out;
   /* f:pollfd(): made on first request (set under sched->mu), readable
@@ -474,6 +493,11 @@ __attribute__((visibility("default")))
 #endif
 int luaopen_loom_core(lua_State *L);
 
+/* f->xflags: the results go to another process, so they are encoded
+** self-contained (LOOM_REFS_PROCESS); f->task is the caller's, not freed. */
+#define LOOM_TASK_SELFCONTAINED 1
+#define LOOM_TASK_BORROWED      2
+
 /* Set up a fresh worker state: libraries, loom, os.exit, print, and
 ** coroutine.resume/wrap that a stop can follow.  Stack: unchanged. */
 LOOM_API int loom_open_worker_state(lua_State *L);
@@ -533,6 +557,89 @@ typedef struct loom_pool_config {
 
 /* A thread pool with its workers started; NULL with *err set on error. */
 LOOM_API loom_sched *loom_pool_new(loom_pool_config *cfg, const char **err);
+
+/* --------------------------------------------------------- process pool */
+
+/*
+** procpool.c is the parent side of a pool of worker processes (it
+** implements the sched ops); procworker.c is what runs in each worker
+** process (core._process_worker).  Between them: two pipes per worker
+** (tasks down, results up), each message framed by a loom_pwframe, and
+** three shared memory files: a control page (loom_pwctl) and one region
+** each way for payloads too large for the pipe.  Every message is
+** self-contained (LOOM_REFS_PROCESS).
+*/
+typedef struct loom_procpool_config {
+  loom_pool_config base;   /* name is not used */
+  long max_tasks;          /* tasks per worker process; 0: no limit */
+  const char *interpreter; /* the Lua interpreter that runs the workers */
+} loom_procpool_config;
+
+/* A process pool (its manager thread starts the workers); NULL with *err
+** set when even that cannot be made. */
+LOOM_API loom_sched *loom_procpool_new(loom_procpool_config *cfg,
+                                       const char **err);
+/* The default interpreter (owned): the running executable when argv0
+** (the lowest arg[] of the creating state, may be NULL) names it, so that
+** a standalone interpreter runs its own kind of worker, and always in a
+** sanitizer build; else "lua5.4", found in PATH. */
+LOOM_API char *loom_procpool_interpreter(const char *argv0);
+/* core._process_worker(ppid): the main loop of a worker process. */
+LOOM_API int loom_process_worker(lua_State *L);
+
+/* Write the n buffers of iov to fd, whatever the partial writes: 0, or
+** -1 (errno set; EAGAIN on a non-blocking fd that is full). */
+struct iovec;
+LOOM_API int loom_pw_write(int fd, struct iovec *iov, int n);
+
+/* The worker's descriptors, as the parent sets them up. */
+enum { LOOM_PW_TASKS = 3, LOOM_PW_RESULTS, LOOM_PW_CTL, LOOM_PW_DOWN,
+       LOOM_PW_UP, LOOM_PW_NFD };
+
+#define LOOM_PW_DEPTH 8       /* tasks in flight to one worker, at most */
+#define LOOM_PW_DATA  4096    /* a payload's offset in its region */
+#define LOOM_PW_INLINE (64 * 1024)   /* a larger payload goes through its
+                                        region (when that is free) */
+#define LOOM_PW_KEEP ((size_t)64 << 20)  /* a larger region is given back
+                                            once its payload is taken */
+
+/* One frame, either way: a header and len bytes of payload, which follow
+** it in the pipe or (LOOM_PW_SHM) sit at LOOM_PW_DATA in the region. */
+typedef struct loom_pwframe {
+  uint64_t len;
+  uint64_t seq;            /* the task's number in this worker process */
+  int32_t nchunk, nseq;    /* a task: the map chunk's shape */
+  uint16_t kind, flags;
+  uint32_t pad;
+} loom_pwframe;
+
+enum {   /* kinds: down, then up */
+  LOOM_PW_SETUP = 1, LOOM_PW_TASK,
+  LOOM_PW_READY, LOOM_PW_INITFAIL,   /* payload: the error text */
+  LOOM_PW_OK, LOOM_PW_FAILED,        /* payload: a message */
+  LOOM_PW_COND,                      /* payload: "kind\0message" */
+  LOOM_PW_PLAIN,                     /* payload: an error text, or none */
+  LOOM_PW_SKIPPED                    /* cancelled before it started */
+};
+#define LOOM_PW_SHM 1
+
+/* The control page.  A task's slot (seq % LOOM_PW_DEPTH) holds seq << 2
+** | state: the parent sets QUEUED before sending it; the worker moves it
+** to STARTED (and sets 'started') when it starts it, unless the parent
+** moved it to CANCELLED first.  up_busy: the up region holds a payload
+** the parent has not copied out yet. */
+enum { LOOM_PW_QUEUED = 1, LOOM_PW_STARTED, LOOM_PW_CANCELLED };
+typedef struct loom_pwctl {
+  struct {
+    atomic_ullong state;
+    atomic_llong started;      /* CLOCK_MONOTONIC, ns */
+  } slot[LOOM_PW_DEPTH];
+  atomic_int up_busy;
+} loom_pwctl;
+
+/* Setup, the first payload down (in the down region): four uint64 (the
+** memory limit, then the lengths of path, cpath and the init message;
+** UINT64_MAX: none), then those bytes. */
 
 /* -------------------------------------------------------------- binding */
 

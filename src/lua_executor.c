@@ -19,6 +19,8 @@ typedef struct xhandle {
   loom_sched *sched;
   int shut;
   int nworkers;
+  int refs;       /* how its tasks are encoded: LOOM_REFS_THREADS, or
+                     LOOM_REFS_PROCESS for a pool of worker processes */
 } xhandle;
 
 static xhandle *checkexecutor(lua_State *L, int idx) {
@@ -80,25 +82,25 @@ static lua_Number optnum(lua_State *L, const char *k, lua_Number def) {
 }
 
 /*
-** core.executor(opts): opts as loom/init.lua checked them: workers, name,
-** init, init_args, task_timeout, memory_limit.  Stack: [1] opts, [2] name,
-** [3] init, [4] init_args, [5] the handle.
+** The options every kind of executor takes (workers, name, init,
+** init_args, task_timeout, memory_limit), as loom/init.lua checked them,
+** into *cfg, and a new empty handle whose tasks are encoded in refs mode.
+** Stack after: [1] opts, [2] name, [3] init, [4] init_args, [5] the
+** handle, [6] path, [7] cpath (cfg's strings point there).  cfg->init is
+** a new message or NULL; nothing can raise after it is made.
 */
-static int executor_new(lua_State *L) {
-  loom_pool_config cfg;
+static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   xhandle *x;
-  const char *err;
   lua_Integer n;
-  int preload;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   n = optint(L, "workers", 0);
   luaL_argcheck(L, n >= 1 && n <= 4096, 1, "workers must be in 1..4096");
-  cfg.workers = (int)n;
-  cfg.task_timeout = optnum(L, "task_timeout", 0);
-  cfg.memory_limit = (size_t)optint(L, "memory_limit", 0);
+  cfg->workers = (int)n;
+  cfg->task_timeout = optnum(L, "task_timeout", 0);
+  cfg->memory_limit = (size_t)optint(L, "memory_limit", 0);
   lua_getfield(L, 1, "name");        /* 2 */
-  cfg.name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
+  cfg->name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
   lua_getfield(L, 1, "init");        /* 3 */
   lua_getfield(L, 1, "init_args");   /* 4 */
   if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
@@ -106,23 +108,25 @@ static int executor_new(lua_State *L) {
   x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
   x->sched = NULL;
   x->shut = 0;
-  x->nworkers = cfg.workers;
+  x->nworkers = cfg->workers;
+  x->refs = refs;
   luaL_setmetatable(L, LOOM_EXECUTOR);
   lua_getglobal(L, "package");
   if (lua_istable(L, -1)) {
     lua_getfield(L, -1, "path");
     lua_getfield(L, -2, "cpath");
+    lua_remove(L, -3);
   }
   else {
+    lua_pop(L, 1);
     lua_pushnil(L);
     lua_pushnil(L);
   }
-  cfg.path = lua_tostring(L, -2);
-  cfg.cpath = lua_tostring(L, -1);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  preload = lua_gettop(L);
+  cfg->path = lua_tostring(L, 6);
+  cfg->cpath = lua_tostring(L, 7);
   loom_sched_reserve(L);
-  cfg.init = NULL;
+  cfg->preload = NULL;
+  cfg->init = NULL;
   if (!lua_isnil(L, 3)) {
     int k, na = 0, base = lua_gettop(L);
     lua_pushvalue(L, 3);
@@ -134,20 +138,91 @@ static int executor_new(lua_State *L) {
       luaL_checkstack(L, na, "too many init_args");
       for (k = 1; k <= na; k++) lua_geti(L, 4, k);
     }
-    cfg.init = loom_encode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0, 1);
+    cfg->init = loom_encode_mode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0,
+                                 refs, 0, 0, 0);
     lua_settop(L, base);
   }
-  cfg.preload = loom_preload_collect(L, preload);   /* never raises */
-  x->sched = loom_pool_new(&cfg, &err);   /* takes cfg.init, cfg.preload */
-  if (x->sched == NULL) {
-    loom_msg_free(cfg.init);
-    loom_free(cfg.preload);
+  return x;
+}
+
+/* Put the new pool s (NULL: err says why) into handle x (at 5), or raise;
+** init is the message the pool took, freed here when there is no pool. */
+static int set_executor(lua_State *L, xhandle *x, loom_sched *s,
+                        const char *err, loom_msg *init) {
+  if (s == NULL) {
+    loom_msg_free(init);
     return luaL_error(L, "cannot create the executor: %s", err);
   }
-  loom_sched_keep(L, x->sched);
+  x->sched = s;
+  loom_sched_keep(L, s);
   lua_settop(L, 5);
   renew_sentinel(L);
   return 1;
+}
+
+/* core.executor(opts): a thread pool.  Its workers also get the C
+** functions of this state's package.preload (loom_preload_collect). */
+static int executor_new(lua_State *L) {
+  loom_pool_config cfg;
+  const char *err;
+  xhandle *x = new_executor(L, &cfg, LOOM_REFS_THREADS);
+  loom_sched *s;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);   /* 8 */
+  cfg.preload = loom_preload_collect(L, 8);   /* never raises */
+  s = loom_pool_new(&cfg, &err);   /* takes cfg.init and cfg.preload */
+  if (s == NULL) loom_free(cfg.preload);
+  return set_executor(L, x, s, err, cfg.init);
+}
+
+/* The lowest entry of the global 'arg' (the interpreter, as the
+** standalone interpreter and busted set it), or NULL. */
+static const char *interpreter_arg(lua_State *L) {
+  const char *s = NULL;
+  lua_Integer i;
+  if (lua_getglobal(L, "arg") == LUA_TTABLE)
+    for (i = -1; i > -100 && lua_geti(L, -1, i) == LUA_TSTRING; i--) {
+      s = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+  /* the strings stay referenced by the table, which stays on the stack */
+  return s;
+}
+
+/*
+** core.process_executor(opts): a pool of worker processes; opts as
+** core.executor's, plus max_tasks_per_child and interpreter (default: see
+** loom_procpool_interpreter).
+*/
+static int process_executor_new(lua_State *L) {
+  loom_procpool_config cfg;
+  const char *err;
+  char *dflt = NULL;
+  xhandle *x;
+  loom_sched *s;
+  double t;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  t = optnum(L, "task_timeout", 0);
+  luaL_argcheck(L, t >= 0 && t <= 1e9, 1,
+                "task_timeout must be a number of seconds > 0");
+  luaL_argcheck(L, optint(L, "memory_limit", 0) >= 0, 1,
+                "memory_limit must be a number of bytes > 0");
+  cfg.max_tasks = (long)optint(L, "max_tasks_per_child", 0);
+  luaL_argcheck(L, cfg.max_tasks >= 0, 1,
+                "max_tasks_per_child must be an integer >= 1");
+  x = new_executor(L, &cfg.base, LOOM_REFS_PROCESS);
+  lua_getfield(L, 1, "interpreter");   /* 8 */
+  if (lua_isnil(L, 8)) {   /* nothing below raises until dflt is freed */
+    dflt = loom_procpool_interpreter(interpreter_arg(L));
+    cfg.interpreter = dflt;
+  }
+  else cfg.interpreter = lua_tostring(L, 8);
+  if (cfg.interpreter == NULL) {
+    s = NULL;
+    err = "not enough memory";
+  }
+  else s = loom_procpool_new(&cfg, &err);   /* takes cfg.base.init */
+  loom_free(dflt);
+  return set_executor(L, x, s, err, cfg.base.init);
 }
 
 /* Push a new, empty future handle of executor x (at stack slot 1), or
@@ -191,8 +266,8 @@ static int executor_submit(lua_State *L) {
                       "got %s)", lua_isnone(L, 2) ? "nil"
                                                  : luaL_typename(L, 2));
   h = newfuture(L, x);
-  return enqueue(L, x, h, loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1, 1),
-                 0, 0);
+  return enqueue(L, x, h, loom_encode_mode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1,
+                                           x->refs, 0, 0, 0), 0, 0);
 }
 
 /* A misuse of map found here: named as map's, the caller's function. */
@@ -238,7 +313,8 @@ static int executor_map_task(lua_State *L) {
         lua_remove(L, -2);
       }
     }
-  m = loom_encode_map(L, base + 1, lua_gettop(L) - base, i0, (int)nseq);
+  m = loom_encode_mode(L, base + 1, lua_gettop(L) - base, LOOM_AT_MAP, 0,
+                       x->refs, 0, i0, (int)nseq);
   lua_settop(L, 6);
   return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, (int)nseq);
 }
@@ -323,7 +399,8 @@ static int executor_tostring(lua_State *L) {
     lua_pushliteral(L, "loom.Executor (closed)");
     return 1;
   }
-  lua_pushfstring(L, "loom.Executor (%d workers%s): %p", x->nworkers,
+  lua_pushfstring(L, "loom.Executor (%d worker%s%s): %p", x->nworkers,
+                  x->refs == LOOM_REFS_PROCESS ? " processes" : "s",
                   x->shut ? ", shut down" : "", (void *)x->sched);
   return 1;
 }
@@ -350,6 +427,7 @@ static const luaL_Reg executor_methods[] = {
 
 static const luaL_Reg executor_funcs[] = {
   {"executor", executor_new},
+  {"process_executor", process_executor_new},
   {"is_executor", l_is_executor},
   {NULL, NULL}
 };

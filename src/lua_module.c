@@ -407,6 +407,7 @@ static const luaL_Reg funcs[] = {
   {"_inplace_arrays", l_inplace_arrays},
   {"_isatty", l_isatty},
   {"_pins", l_pins},
+  {"_process_worker", loom_process_worker},
   {NULL, NULL}
 };
 

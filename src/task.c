@@ -45,39 +45,48 @@ static void push_traceback(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
 }
 
-/* Protected: [1] = loom_msg **out or NULL (only check), then the values
-** to encode as results. */
+/* The refs mode of f's results: self-contained when they go to another
+** process. */
+#define result_refs(f) (((f)->xflags & LOOM_TASK_SELFCONTAINED) \
+                        ? LOOM_REFS_PROCESS : LOOM_REFS_THREADS)
+
+/* Protected: [1] = loom_msg **out or NULL (only check), [2] = refs mode,
+** then the values to encode as results. */
 static int encode_k(lua_State *L) {
   loom_msg **out = (loom_msg **)lua_touserdata(L, 1);
-  loom_msg *m = loom_encode(L, 2, lua_gettop(L) - 1, LOOM_AT_RESULT, 0, 1);
+  loom_msg *m = loom_encode_mode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
+                                 (int)lua_tointeger(L, 2), 0, 0, 0);
   if (out) *out = m;
   else loom_msg_free(m);
   return 0;
 }
 
-/* Protected: [1] = loom_msg **out, then the values of a chunk's list. */
+/* Protected: [1] = loom_msg **out, [2] = refs mode, then the values of a
+** chunk's list. */
 static int encode_list_k(lua_State *L) {
-  *(loom_msg **)lua_touserdata(L, 1) = loom_encode_list(L, 2,
-                                                         lua_gettop(L) - 1);
+  *(loom_msg **)lua_touserdata(L, 1) =
+      loom_encode_mode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
+                       (int)lua_tointeger(L, 2), 1, 0, 0);
   return 0;
 }
 
-/* Try to encode the n values at the top (popping them); 1 on success,
-** with the message in *out if out is not NULL; else 0 and the error at
-** the top. */
-static int try_encode(lua_State *L, int n, loom_msg **out) {
+/* Try to encode the n values at the top (popping them) in refs mode
+** refs; 1 on success, with the message in *out if out is not NULL; else 0
+** and the error at the top. */
+static int try_encode(lua_State *L, int n, loom_msg **out, int refs) {
   lua_pushcfunction(L, encode_k);
   lua_pushlightuserdata(L, out);
-  lua_rotate(L, -n - 2, 2);
-  return lua_pcall(L, n + 1, 0, 0) == LUA_OK;
+  lua_pushinteger(L, refs);
+  lua_rotate(L, -n - 3, 3);
+  return lua_pcall(L, n + 2, 0, 0) == LUA_OK;
 }
 
 /* Make the error value at idx one that can cross: itself when it can be
 ** copied, else its text (what chunksize = 1 and a plain task both send). */
-static void crossable_error(lua_State *L, int idx) {
+static void crossable_error(lua_State *L, int idx, int refs) {
   idx = lua_absindex(L, idx);
   lua_pushvalue(L, idx);
-  if (try_encode(L, 1, NULL)) return;
+  if (try_encode(L, 1, NULL, refs)) return;
   lua_pop(L, 1);
   loom_pushtext(L, idx);
   lua_replace(L, idx);
@@ -122,7 +131,7 @@ static void chunk_fail(lua_State *L, int out, int j, int k) {
 ** task gets ("result #k: ..."); an error value that cannot cross goes as
 ** its text.  The calls before it keep their results.
 */
-static void chunk_fixup(lua_State *L, int out, int k) {
+static void chunk_fixup(lua_State *L, int out, int k, int refs) {
   int j, failj = 0, ran = lua_gettop(L) - out - 1;
   if (lua_type(L, out + 1) == LUA_TTABLE) {
     lua_getfield(L, out + 1, "fail");
@@ -145,7 +154,7 @@ static void chunk_fixup(lua_State *L, int out, int k) {
       if (lua_type(L, out + 1) == LUA_TTABLE) lua_pop(L, 1);
       lua_pushvalue(L, out + 1 + j);
     }
-    if (!try_encode(L, n, NULL)) {   /* as a plain task's: no traceback */
+    if (!try_encode(L, n, NULL, refs)) {  /* as a plain task's: no traceback */
       chunk_extras(L, out);
       lua_pushnil(L);
       lua_setfield(L, out + 1, "tb");
@@ -155,7 +164,7 @@ static void chunk_fixup(lua_State *L, int out, int k) {
   }
   if (failj) {   /* every earlier call is fine: the error value itself */
     lua_getfield(L, out + 1, "err");
-    crossable_error(L, -1);
+    crossable_error(L, -1, refs);
     lua_setfield(L, out + 1, "err");
   }
 }
@@ -197,12 +206,14 @@ static int run_chunk(lua_State *L, loom_future *f, loom_outcome *o,
     luaL_checkstack(L, nv + 4, "too many results");
     lua_pushcfunction(L, encode_list_k);
     lua_pushlightuserdata(L, &o->result);
+    lua_pushinteger(L, result_refs(f));
     for (i = 1; i <= nv; i++) lua_pushvalue(L, out + i);
-    if (lua_pcall(L, nv + 1, 0, 0) == LUA_OK) return 0;
+    if (lua_pcall(L, nv + 2, 0, 0) == LUA_OK) return 0;
     lua_pop(L, 1);
   }
-  chunk_fixup(L, out, k);
-  o->result = loom_encode_list(L, out + 1, lua_gettop(L) - out);
+  chunk_fixup(L, out, k, result_refs(f));
+  o->result = loom_encode_mode(L, out + 1, lua_gettop(L) - out,
+                               LOOM_AT_RESULT, 0, result_refs(f), 1, 0, 0);
   return 0;
 }
 /*
@@ -230,23 +241,25 @@ static int run_task(lua_State *L) {
   ** loom_task_run to free */
   n = loom_decode(L, task->data, task->len, 1, task);
   f->task = NULL;
-  loom_msg_recycle(L, task);                 /* the copy is made */
+  if (!(f->xflags & LOOM_TASK_BORROWED))
+    loom_msg_recycle(L, task);               /* the copy is made */
   if (n < 1 || !lua_isfunction(L, base + 1))
     return luaL_error(L, "malformed task");
   if (f->nchunk > 0) return run_chunk(L, f, o, base, n);
   st = lua_pcall(L, n - 1, LUA_MULTRET, 1);
   if (st == LUA_OK) {
-    o->result = loom_encode(L, base + 1, lua_gettop(L) - base,
-                            LOOM_AT_RESULT, 0, 1);
+    o->result = loom_encode_mode(L, base + 1, lua_gettop(L) - base,
+                                 LOOM_AT_RESULT, 0, result_refs(f), 0, 0, 0);
     return 0;
   }
   if (st == LUA_ERRMEM) rc->errmem = 1;
   /* the error value is at the top: send it and the traceback */
   st = lua_gettop(L);
-  crossable_error(L, st);
+  crossable_error(L, st, result_refs(f));
   push_traceback(L);
   o->failed = 1;
-  o->result = loom_encode(L, st, 2, LOOM_AT_VALUE, 0, 1);
+  o->result = loom_encode_mode(L, st, 2, LOOM_AT_VALUE, 0, result_refs(f),
+                               0, 0, 0);
   return 0;
 }
 
@@ -300,7 +313,8 @@ int loom_task_run(lua_State *L, loom_future *f, loom_outcome *o) {
       o->errkind = "transfer";   /* loom's own: results not copyable */
     /* else raised to the caller as a plain string (NULL: no memory) */
   }
-  loom_msg_free(f->task);   /* when decoding never started */
+  if (!(f->xflags & LOOM_TASK_BORROWED))
+    loom_msg_free(f->task);   /* when decoding did not finish */
   f->task = NULL;
   lua_settop(L, 0);
   /* the state goes on serving: what the task built is garbage now */

@@ -422,6 +422,7 @@ typedef struct encoder {
   int have;           /* bit (1 << S_*) set once a slot is filled */
   int nobjs;
   int refs_ok;
+  int xproc;          /* LOOM_REFS_PROCESS: a channel is refused as such */
   loom_place place;
   int argbase, root;  /* for error messages */
   lua_Integer i0;     /* LOOM_AT_MAP: the first call's index; nseq per call */
@@ -471,11 +472,13 @@ static void e_grow(encoder *e, size_t need) {
   loom_msg *m = e->s->m;
   size_t cap;
   if (m->cap - m->len >= need) return;
-  cap = m->cap * 2;
-  while (cap - m->len < need) {
-    if (cap > ((size_t)-1) / 4) luaL_error(e->L, "message too large");
-    cap *= 2;
-  }
+  if (need > ((size_t)-1) / 4 - m->len) luaL_error(e->L, "message too large");
+  /* One large piece (a string) gets room for itself and a little more:
+  ** doubling past it would waste up to half, and a block past 32 MiB
+  ** always gets fresh pages from glibc, where a reused one is warm. */
+  if (need > m->cap) cap = m->len + need + 4096;
+  else cap = m->cap * 2;
+  while (cap - m->len < need) cap *= 2;
   m = (loom_msg *)loom_realloc(m, offsetof(loom_msg, data) + cap);
   if (m == NULL) luaL_error(e->L, "not enough memory");
   m->cap = cap;
@@ -1097,6 +1100,8 @@ static void e_item(encoder *e) {
       loom_chan *c = loom_tochannel(L, -1);
       int idx;
       if (c == NULL) e_error(e, "cannot transfer a userdata");
+      if (e->xproc)
+        e_error(e, "a channel cannot cross into another process");
       if (!e->refs_ok)
         e_error(e, "cannot encode a channel into a string");
       idx = e_addref(e, LOOM_REF_CHAN, c);
@@ -1259,7 +1264,8 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
   e.s = s;
   e.have = 0;
   e.nobjs = 0;
-  e.refs_ok = refs_ok;
+  e.refs_ok = refs_ok == LOOM_REFS_THREADS;
+  e.xproc = refs_ok == LOOM_REFS_PROCESS;
   e.place = place;
   e.argbase = argbase;
   e.i0 = i0;
@@ -1349,6 +1355,12 @@ void loom_msg_recycle(lua_State *L, loom_msg *m) {
 loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
                       int argbase, int refs_ok) {
   return encode(L, first, n, place, argbase, refs_ok, 0, 0, 0);
+}
+
+loom_msg *loom_encode_mode(lua_State *L, int first, int n, loom_place place,
+                           int argbase, int refs, int list, lua_Integer i0,
+                           int nseq) {
+  return encode(L, first, n, place, argbase, refs, list, i0, nseq);
 }
 
 loom_msg *loom_encode_list(lua_State *L, int first, int n) {

@@ -294,6 +294,21 @@ function loom.executor(opts)
                                                    EXECUTOR_OPTIONS))
 end
 
+-- The options of loom.process_executor: the executor's and its own.
+local PROCESS_OPTIONS = {
+  max_tasks_per_child = rules.integer(1),
+  interpreter = rules.type("string"),
+}
+for k, rule in pairs(EXECUTOR_OPTIONS) do PROCESS_OPTIONS[k] = rule end
+
+-- loom.process_executor([opts]) -> executor on worker processes
+-- opts: as loom.executor's (name is accepted and not used), and
+-- max_tasks_per_child and interpreter.
+function loom.process_executor(opts)
+  return construct(core.process_executor,
+                   executor_options(opts, "process_executor", PROCESS_OPTIONS))
+end
+
 -- Unique futures of a sequence, in their first order.
 local function distinct(futures, fname)
   if type(futures) ~= "table" then
