@@ -588,14 +588,19 @@ static int watch_next(lua_State *L) {
   loom_wlink *l = NULL;
   int idx;
   if (wt->live && wt->nout < wt->n) l = loom_waiter_next(L, &wt->w, t);
-  loom_run_callbacks(L);
-  if (l == NULL) return 0;
+  if (l == NULL) {
+    loom_run_callbacks(L);
+    return 0;
+  }
   idx = l->idx;
   wt->nout++;
-  /* handed out: the watcher no longer keeps it (nor its results) */
+  /* handed out: the watcher no longer keeps it (nor its results).  The
+  ** unwatch takes the sched's lock, so the completion that queued the
+  ** link is over (the state says done) before its callbacks are run. */
   loom_future_unwatch(wt->fs[idx], l);
   loom_future_decref(wt->fs[idx]);
   wt->fs[idx] = NULL;
+  loom_run_callbacks(L);
   lua_pushinteger(L, idx + 1);
   return 1;
 }
