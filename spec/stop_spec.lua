@@ -16,6 +16,12 @@ local function running(ex, fn, ...)
   return f
 end
 
+-- A task that says it started, then never ends by itself.
+local function endless(started)
+  started:push(true)
+  while true do end
+end
+
 -- Asserts that f is cancelled and done, and that result and exception
 -- raise a cancelled error.
 local function assert_cancelled(f)
@@ -39,10 +45,7 @@ describe("f:cancel{running = true}", function()
   it("stops a task in an endless loop", function()
     local s = helpers.scope(finally)
     local ex = s:executor(1)
-    local f = running(ex, function(started)
-      started:push(true)
-      while true do end
-    end)
+    local f = running(ex, endless)
     assert.is_true(f:cancel { running = true })
     assert_cancelled(f)
     assert_serves(ex)
@@ -151,10 +154,7 @@ describe("f:cancel{running = true}", function()
   it("is seen as done by callbacks, wait and as_completed", function()
     local s = helpers.scope(finally)
     local ex = s:executor(1)
-    local f = running(ex, function(started)
-      started:push(true)
-      while true do end
-    end)
+    local f = running(ex, endless)
     local seen
     f:add_done_callback(function(g) seen = g:cancelled() end)
     assert.is_true(f:cancel { running = true })
@@ -168,10 +168,7 @@ describe("f:cancel{running = true}", function()
   it("leaves the worker serving 1,000 further tasks", function()
     local s = helpers.scope(finally)
     local ex = s:executor(1)
-    local f = running(ex, function(started)
-      started:push(true)
-      while true do end
-    end)
+    local f = running(ex, endless)
     assert.is_true(f:cancel { running = true })
     local futs = {}
     for i = 1, 1000 do futs[i] = ex:submit(function(x) return x * 2 end, i) end
@@ -231,10 +228,7 @@ end)
 describe("ex:shutdown{cancel_running = true}", function()
   it("stops running tasks, cancels queued ones with cancel_futures, and joins", function()
     local ex = loom.executor(2)
-    local a = running(ex, function(started)
-      started:push(true)
-      while true do end
-    end)
+    local a = running(ex, endless)
     local b = running(ex, function(started)
       started:push(true)
       while true do pcall(function() while true do end end) end

@@ -60,6 +60,15 @@ void *loom_realloc(void *p, size_t n) {
 
 void loom_free(void *p) { free(p); }
 
+int loom_grow(void **arr, int *cap, size_t elem) {
+  int ncap = *cap ? *cap * 2 : 8;
+  void *n = loom_realloc(*arr, elem * (size_t)ncap);
+  if (n == NULL) return 0;
+  *arr = n;
+  *cap = ncap;
+  return 1;
+}
+
 void *loom_lua_alloc(void *ud, void *p, size_t osize, size_t nsize) {
   (void)ud; (void)osize;
   if (nsize == 0) {

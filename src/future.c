@@ -161,6 +161,50 @@ void loom_future_fail_locked(loom_future *f, const char *kind,
   loom_future_finish_locked(f, &o);
 }
 
+/* --------------------------------------------------- pending futures */
+
+void loom_fqueue_push(loom_fqueue *q, loom_future *f) {
+  f->next = NULL;
+  f->prev = q->tail;
+  if (q->tail) q->tail->next = f; else q->head = f;
+  q->tail = f;
+}
+
+void loom_fqueue_push_front(loom_fqueue *q, loom_future *f) {
+  f->prev = NULL;
+  f->next = q->head;
+  if (q->head) q->head->prev = f; else q->tail = f;
+  q->head = f;
+}
+
+loom_future *loom_fqueue_pop(loom_fqueue *q) {
+  loom_future *f = q->head;
+  if (f != NULL) loom_fqueue_remove(q, f);
+  return f;
+}
+
+void loom_fqueue_remove(loom_fqueue *q, loom_future *f) {
+  if (f->prev) f->prev->next = f->next; else q->head = f->next;
+  if (f->next) f->next->prev = f->prev; else q->tail = f->prev;
+  f->next = f->prev = NULL;
+}
+
+int loom_sched_admit(loom_sched *s, loom_future *f, int stopping,
+                     const char *broken) {
+  if (stopping) {
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+  }
+  loom_sched_incref(s);
+  f->sched = s;
+  loom_future_incref(f);     /* the pool's reference */
+  if (broken == NULL) return -1;
+  loom_future_fail_locked(f, "broken", broken);
+  pthread_mutex_unlock(&s->mu);
+  loom_future_decref(f);
+  return 0;
+}
+
 /* --------------------------------------------------------------- waiters */
 
 void loom_waiter_init(loom_waiter *w, int queue) {

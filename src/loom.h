@@ -74,6 +74,9 @@
 LOOM_API void *loom_malloc(size_t n);
 LOOM_API void *loom_realloc(void *p, size_t n);
 LOOM_API void  loom_free(void *p);
+/* Double the array *arr of *cap elements of elem bytes (8 at first): 1,
+** or 0 when out of memory (*arr is then unchanged). */
+LOOM_API int loom_grow(void **arr, int *cap, size_t elem);
 /* The lua_Alloc of every worker state; ud is unused. */
 LOOM_API void *loom_lua_alloc(void *ud, void *p, size_t osize, size_t nsize);
 /* The lua_Alloc of a worker state under a memory limit; ud is its own
@@ -423,6 +426,28 @@ LOOM_API int loom_future_finish_locked(loom_future *f, loom_outcome *o);
 LOOM_API void loom_future_fail_locked(loom_future *f, const char *kind,
                                       const char *msg);
 
+/*
+** What every kind of pool does alike, with its sched's lock held: a FIFO
+** of pending futures (linked through f->next/prev), and the admission
+** that starts a submit.
+*/
+typedef struct loom_fqueue {
+  loom_future *head, *tail;
+} loom_fqueue;
+
+LOOM_API void loom_fqueue_push(loom_fqueue *q, loom_future *f);
+LOOM_API void loom_fqueue_push_front(loom_fqueue *q, loom_future *f);
+LOOM_API loom_future *loom_fqueue_pop(loom_fqueue *q);      /* or NULL */
+LOOM_API void loom_fqueue_remove(loom_fqueue *q, loom_future *f);
+
+/* The start of submitting f to s, with s->mu held.  When the pool is shut
+** down (stopping) or broken (f fails with that message), it unlocks and
+** returns what submit returns: 1 (refused) or 0 (f is done); else it
+** gives f its sched and the pool's reference and returns -1, the lock
+** still held, for the pool to queue f. */
+LOOM_API int loom_sched_admit(loom_sched *s, loom_future *f, int stopping,
+                              const char *broken);
+
 LOOM_API void loom_waiter_init(loom_waiter *w, int queue);
 LOOM_API void loom_waiter_destroy(loom_waiter *w);
 /* Register l (of waiter w) on f; returns 1 (and does not link) if f is
@@ -510,6 +535,11 @@ LOOM_API int loom_open_worker_state(lua_State *L);
 LOOM_API char *loom_task_setup(lua_State *L, const char *path,
                                const char *cpath, const loom_msg *init,
                                loom_intr *in);
+
+/* A map chunk's call that did not return one value has its results
+** packed as {n = count, ...} in the chunk's list (see run_chunk): replace
+** that table, at the top, by its values; returns their number. */
+LOOM_API int loom_unpack_results(lua_State *L);
 
 /* Run the task of f (taken from f->task) in L, filling *o.  Never raises;
 ** the stack is empty again on return.  Returns 1 when the state ran out
@@ -677,7 +707,6 @@ LOOM_API void *loom_fastudata(lua_State *L, int idx, int uv);
 LOOM_API void *loom_checkud(lua_State *L, int idx, int uv, const char *tname);
 /* Set the metatable of the value at the top to user value uv. */
 LOOM_API void loom_setmeta(lua_State *L, int uv);
-LOOM_API int loom_grow(void **arr, int *cap, size_t elem);
 /* Optional timeout at idx: < 0 forever (absent/nil), else seconds. */
 LOOM_API double loom_opttimeout(lua_State *L, int idx);
 /* Push a box that owns a message while Lua code could raise (set *box;

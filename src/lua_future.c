@@ -329,16 +329,8 @@ static int map_step(lua_State *L) {
     lua_rawgeti(L, lua_upvalueindex(4), j + 1);
     return 2;
   }
-  if (lua_rawgeti(L, lua_upvalueindex(5), j) == LUA_TTABLE) {
-    int n, a, t = lua_gettop(L);
-    lua_getfield(L, t, "n");
-    n = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    luaL_checkstack(L, n, "too many results");
-    for (a = 1; a <= n; a++) lua_rawgeti(L, t, a);
-    lua_remove(L, t);
-    return n + 1;
-  }
+  if (lua_rawgeti(L, lua_upvalueindex(5), j) == LUA_TTABLE)
+    return loom_unpack_results(L) + 1;
   lua_pop(L, 1);
   lua_getfield(L, lua_upvalueindex(5), "fail");
   if (lua_tointeger(L, -1) == j) {

@@ -50,15 +50,6 @@ void loom_setmeta(lua_State *L, int uv) {
   lua_setmetatable(L, -2);
 }
 
-int loom_grow(void **arr, int *cap, size_t elem) {
-  int ncap = *cap ? *cap * 2 : 8;
-  void *n = loom_realloc(*arr, elem * (size_t)ncap);
-  if (n == NULL) return 0;
-  *arr = n;
-  *cap = ncap;
-  return 1;
-}
-
 double loom_opttimeout(lua_State *L, int idx) {
   lua_Number t;
   if (lua_isnoneornil(L, idx)) return -1;

@@ -48,7 +48,7 @@ struct loom_pool {
   loom_sched base;         /* first; base.mu guards every field below */
   pthread_cond_t work;     /* workers sleep here while the queue is empty */
   pthread_cond_t exited;   /* signalled as each worker ends */
-  loom_future *head, *tail;   /* FIFO of pending futures, one ref each */
+  loom_fqueue q;            /* the pending futures, one ref each */
   int nworkers, nidle, nstarted, nexited;
   int nspinning;           /* a worker is spinning for work (at most one) */
   int spin_paid;           /* the last spin found a task */
@@ -96,12 +96,9 @@ static int pool_nworkers(loom_sched *s) { return POOL(s)->nworkers; }
 
 /* Take the first queued future (mu held), or NULL. */
 static loom_future *dequeue_locked(loom_pool *p) {
-  loom_future *f = p->head;
-  if (f == NULL) return NULL;
-  atomic_fetch_sub_explicit(&p->nqueued, 1, memory_order_relaxed);
-  p->head = f->next;
-  if (p->head) p->head->prev = NULL; else p->tail = NULL;
-  f->next = f->prev = NULL;
+  loom_future *f = loom_fqueue_pop(&p->q);
+  if (f != NULL)
+    atomic_fetch_sub_explicit(&p->nqueued, 1, memory_order_relaxed);
   return f;
 }
 
@@ -215,13 +212,13 @@ static void *worker_main(void *arg) {
   for (;;) {
     loom_future *f;
     loom_outcome o;
-    if (done != NULL && p->head == NULL) {   /* about to wait: let go now */
+    if (done != NULL && p->q.head == NULL) {   /* about to wait: let go now */
       pthread_mutex_unlock(&p->base.mu);
       loom_future_decref(done);
       done = NULL;
       pthread_mutex_lock(&p->base.mu);
     }
-    while (p->head == NULL && !p->stopping) {
+    while (p->q.head == NULL && !p->stopping) {
       /* Before sleeping, one worker spins a little: a task submitted
       ** meanwhile then costs the submitter no wake-up call. */
       if (p->nspinning == 0) {
@@ -239,8 +236,8 @@ static void *worker_main(void *arg) {
         }
         pthread_mutex_lock(&p->base.mu);
         p->nspinning = 0;
-        p->spin_paid = p->head != NULL;
-        if (p->head != NULL || p->stopping) break;
+        p->spin_paid = p->q.head != NULL;
+        if (p->q.head != NULL || p->stopping) break;
       }
       p->nidle++;
       pthread_cond_wait(&p->work, &p->base.mu);
@@ -334,25 +331,10 @@ static void *watchdog_main(void *arg) {
 
 static int pool_submit(loom_sched *s, loom_future *f) {
   loom_pool *p = POOL(s);
-  int wake;
+  int wake, r;
   pthread_mutex_lock(&s->mu);
-  if (p->stopping) {
-    pthread_mutex_unlock(&s->mu);
-    return 1;
-  }
-  loom_sched_incref(s);
-  f->sched = s;
-  loom_future_incref(f);     /* the queue's reference */
-  if (p->broken) {
-    loom_future_fail_locked(f, "broken", p->broken);
-    pthread_mutex_unlock(&s->mu);
-    loom_future_decref(f);
-    return 0;
-  }
-  f->next = NULL;
-  f->prev = p->tail;
-  if (p->tail) p->tail->next = f; else p->head = f;
-  p->tail = f;
+  if ((r = loom_sched_admit(s, f, p->stopping, p->broken)) >= 0) return r;
+  loom_fqueue_push(&p->q, f);
   /* A spinning worker takes one task by itself; wake a sleeping one for
   ** any task beyond that (else it could wait behind a long task).  The
   ** signal goes after the unlock, so the woken worker does not at once
@@ -373,9 +355,7 @@ static int pool_cancel(loom_sched *s, loom_future *f, int running) {
   pthread_mutex_lock(&s->mu);
   st = atomic_load_explicit(&f->state, memory_order_relaxed);
   if (st == LOOM_PENDING) {
-    if (f->prev) f->prev->next = f->next; else p->head = f->next;
-    if (f->next) f->next->prev = f->prev; else p->tail = f->prev;
-    f->next = f->prev = NULL;
+    loom_fqueue_remove(&p->q, f);
     atomic_fetch_sub_explicit(&p->nqueued, 1, memory_order_relaxed);
     loom_future_complete_locked(f, LOOM_CANCELLED);
     r = 2;

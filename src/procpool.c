@@ -125,7 +125,7 @@ typedef struct procpool {
   pthread_cond_t ended;    /* signalled when the manager ends */
   pthread_t manager;
   int manager_done, joined;
-  loom_future *head, *tail;   /* FIFO of pending futures, one ref each */
+  loom_fqueue q;            /* the pending futures, one ref each */
   int stopping;            /* shutdown: accept no more tasks */
   char *broken;            /* workers cannot start: why */
   int untimed;             /* the manager polls with no deadline */
@@ -155,29 +155,6 @@ static void wake_manager(procpool *p) {
 }
 
 /* ------------------------------------------------------ queue and slots */
-
-static loom_future *dequeue_locked(procpool *p) {
-  loom_future *f = p->head;
-  if (f == NULL) return NULL;
-  p->head = f->next;
-  if (p->head) p->head->prev = NULL; else p->tail = NULL;
-  f->next = f->prev = NULL;
-  return f;
-}
-
-static void enqueue_locked(procpool *p, loom_future *f) {
-  f->next = NULL;
-  f->prev = p->tail;
-  if (p->tail) p->tail->next = f; else p->head = f;
-  p->tail = f;
-}
-
-static void push_front_locked(procpool *p, loom_future *f) {
-  f->prev = NULL;
-  f->next = p->head;
-  if (p->head) p->head->prev = f; else p->tail = f;
-  p->head = f;
-}
 
 /* A done future whose pool reference goes after the unlock: on *list. */
 static void drop_later(loom_future **list, loom_future *f) {
@@ -365,9 +342,9 @@ static int send_locked(procpool *p, pworker *w, loom_future *f, int shm,
 static int dispatch_locked(procpool *p, loom_future **drop) {
   int wake = 0, shm, i;
   pworker *w;
-  while (p->head != NULL
-         && (w = pick_locked(p, p->head->task->len, &shm)) != NULL)
-    wake |= send_locked(p, w, dequeue_locked(p), shm, drop);
+  while (p->q.head != NULL
+         && (w = pick_locked(p, p->q.head->task->len, &shm)) != NULL)
+    wake |= send_locked(p, w, loom_fqueue_pop(&p->q), shm, drop);
   for (i = 0; i < p->nworkers; i++) flush_locked(&p->w[i]);
   return wake;
 }
@@ -380,7 +357,7 @@ static void break_locked(procpool *p, const char *msg, loom_future **drop) {
   int i;
   if (p->broken == NULL)
     p->broken = loom_strdup(msg ? msg : "not enough memory");
-  while ((f = dequeue_locked(p)) != NULL) {
+  while ((f = loom_fqueue_pop(&p->q)) != NULL) {
     loom_future_fail_locked(f, "broken", p->broken ? p->broken
                                                    : "not enough memory");
     drop_later(drop, f);
@@ -394,26 +371,14 @@ static int pp_submit(loom_sched *s, loom_future *f) {
   procpool *p = PP(s);
   pworker *w;
   loom_future *drop = NULL;
-  int shm, wake = 0;
+  int shm, wake = 0, r;
   pthread_mutex_lock(&s->mu);
-  if (p->stopping) {
-    pthread_mutex_unlock(&s->mu);
-    return 1;
-  }
-  loom_sched_incref(s);
-  f->sched = s;
-  loom_future_incref(f);     /* the pool's reference */
-  if (p->broken) {
-    loom_future_fail_locked(f, "broken", p->broken);
-    pthread_mutex_unlock(&s->mu);
-    loom_future_decref(f);
-    return 0;
-  }
-  if (p->head == NULL && (w = pick_locked(p, f->task->len, &shm)) != NULL) {
+  if ((r = loom_sched_admit(s, f, p->stopping, p->broken)) >= 0) return r;
+  if (p->q.head == NULL && (w = pick_locked(p, f->task->len, &shm)) != NULL) {
     wake = send_locked(p, w, f, shm, &drop);
     flush_locked(w);
   }
-  else enqueue_locked(p, f);
+  else loom_fqueue_push(&p->q, f);
   pthread_mutex_unlock(&s->mu);
   if (wake) wake_manager(p);
   drop_all(drop);
@@ -426,9 +391,7 @@ static int pp_cancel(loom_sched *s, loom_future *f, int running) {
   pthread_mutex_lock(&s->mu);
   st = atomic_load_explicit(&f->state, memory_order_relaxed);
   if (st == LOOM_PENDING) {
-    if (f->prev) f->prev->next = f->next; else p->head = f->next;
-    if (f->next) f->next->prev = f->prev; else p->tail = f->prev;
-    f->next = f->prev = NULL;
+    loom_fqueue_remove(&p->q, f);
     loom_future_complete_locked(f, LOOM_CANCELLED);
     r = 2;
   }
@@ -463,7 +426,7 @@ static void pp_shutdown(loom_sched *s, int cancel_futures,
   pthread_mutex_lock(&s->mu);
   p->stopping = 1;
   if (cancel_futures) {
-    while ((f = dequeue_locked(p)) != NULL) {
+    while ((f = loom_fqueue_pop(&p->q)) != NULL) {
       loom_future_complete_locked(f, LOOM_CANCELLED);
       drop_later(&drop, f);
     }
@@ -692,7 +655,7 @@ static void spawn_missing_locked(procpool *p, loom_future **drop) {
     pworker *w = &p->w[i];
     int r;
     if (w->state != W_FREE) continue;
-    if (p->broken || (p->stopping && p->head == NULL)) return;
+    if (p->broken || (p->stopping && p->q.head == NULL)) return;
     w->state = W_STARTING;
     pthread_mutex_unlock(&p->base.mu);
     r = spawn_worker(p, w, err, sizeof err);
@@ -963,7 +926,7 @@ static void bury_locked(procpool *p, pworker *w, loom_future **drop) {
   while (nagain > 0) {   /* back to the front, in their order */
     loom_future *f = again[--nagain];
     atomic_store_explicit(&f->state, LOOM_PENDING, memory_order_release);
-    push_front_locked(p, f);
+    loom_fqueue_push_front(&p->q, f);
   }
   if (!w->ready && w->state != W_KILLED) {
     char msg[700];
@@ -1039,7 +1002,7 @@ static double check_deadlines_locked(procpool *p) {
 
 static int finished_locked(procpool *p) {
   int i;
-  if (!(p->stopping || p->broken) || p->head != NULL) return 0;
+  if (!(p->stopping || p->broken) || p->q.head != NULL) return 0;
   for (i = 0; i < p->nworkers; i++)
     if (p->w[i].state != W_FREE) return 0;
   return 1;
@@ -1055,7 +1018,7 @@ static void *manager_main(void *arg) {
     int nfds = 1, timeout;
     spawn_missing_locked(p, &drop);
     if (finished_locked(p)) break;
-    if (p->stopping && p->head == NULL)
+    if (p->stopping && p->q.head == NULL)
       for (i = 0; i < p->nworkers; i++) close_tasks_locked(&p->w[i]);
     next = check_deadlines_locked(p);
     timeout = next < 0 ? -1 : (int)(next * 1000) + 1;

@@ -102,6 +102,17 @@ static void crossable_error(lua_State *L, int idx, int refs) {
 ** and, when call j raised, fail = j, err = value, tb = traceback.  The
 ** calls after a failing one do not run.
 */
+int loom_unpack_results(lua_State *L) {
+  int n, a, t = lua_gettop(L);
+  lua_getfield(L, t, "n");
+  n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "too many results");
+  for (a = 1; a <= n; a++) lua_rawgeti(L, t, a);
+  lua_remove(L, t);
+  return n;
+}
+
 static void chunk_extras(lua_State *L, int out) {
   if (lua_type(L, out + 1) != LUA_TTABLE) {
     lua_newtable(L);
@@ -141,15 +152,8 @@ static void chunk_fixup(lua_State *L, int out, int k, int refs) {
   for (j = 1; j <= ran; j++) {   /* the calls before a failing one */
     int n = 1;
     if (lua_type(L, out + 1) == LUA_TTABLE
-        && lua_rawgeti(L, out + 1, j) == LUA_TTABLE) {
-      int t = lua_gettop(L), a;
-      lua_getfield(L, t, "n");
-      n = (int)lua_tointeger(L, -1);
-      lua_pop(L, 1);
-      luaL_checkstack(L, n, "too many results");
-      for (a = 1; a <= n; a++) lua_rawgeti(L, t, a);
-      lua_remove(L, t);
-    }
+        && lua_rawgeti(L, out + 1, j) == LUA_TTABLE)
+      n = loom_unpack_results(L);
     else {
       if (lua_type(L, out + 1) == LUA_TTABLE) lua_pop(L, 1);
       lua_pushvalue(L, out + 1 + j);
