@@ -367,11 +367,10 @@ describe("ex:map limits", function()
   it("takes a chunk whose calls pass over a million values", function()
     local s = helpers.scope(finally)
     local ex = s:executor(2)
-    local seqs, opts = {}, { function(...) return select("#", ...) end, chunksize = 60000 }
+    local opts = { function(...) return select("#", ...) end, chunksize = 60000 }
     for k = 1, 20 do
       local seq = {}
       for i = 1, 60000 do seq[i] = i end
-      seqs[k] = seq
       opts[k + 1] = seq
     end
     local n = 0

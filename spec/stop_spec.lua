@@ -137,7 +137,7 @@ describe("f:cancel{running = true}", function()
     local ex = s:executor(1)
     local report = s:channel()
     local f = running(ex, function(started, rep)
-      local guard <close> = setmetatable({}, { __close = function(_, err)
+      local guard <close> = setmetatable({}, { __close = function(_, err) -- luacheck: ignore 211
         local sum = 0
         for k = 1, 10000 do sum = sum + k end   -- Lua code, not cut short
         rep:push(("closed %d %s"):format(sum, type(err) == "table" and err.kind or tostring(err)))
@@ -180,8 +180,8 @@ describe("f:cancel{running = true}", function()
     local ex = s:executor(1)
     -- a coroutine made while the task unwinds copies the stop's hook
     local f = running(ex, function(started)
-      local guard <close> = setmetatable({}, { __close = function()
-        CO = coroutine.create(function()
+      local guard <close> = setmetatable({}, { __close = function() -- luacheck: ignore 211
+        CO = coroutine.create(function() -- luacheck: ignore 111
           local n = 0
           for k = 1, 100 do n = n + k end
           coroutine.yield(n)
@@ -194,8 +194,8 @@ describe("f:cancel{running = true}", function()
     assert.is_true(f:cancel { running = true })
     assert_cancelled(f)
     local g = ex:submit(function()
-      local ok1, n = coroutine.resume(CO)
-      local ok2, last = coroutine.resume(CO)
+      local ok1, n = coroutine.resume(CO) -- luacheck: ignore 113
+      local ok2, last = coroutine.resume(CO) -- luacheck: ignore 113
       return ok1, n, ok2, last
     end)
     assert.are.same({ true, 5050, true, "end" }, { g:result(PATIENCE) })
@@ -246,12 +246,12 @@ describe("task_timeout", function()
   it("fails an endless task with a timeout naming the limit; short tasks succeed", function()
     local s = helpers.scope(finally)
     local ex = s:executor { workers = 2, task_timeout = 0.2 }
-    local endless = ex:submit(function() while true do end end)
+    local forever = ex:submit(function() while true do end end)
     local short = {}
     for i = 1, 20 do short[i] = ex:submit(function(x) return x end, i) end
-    local err = helpers.loom_error("timeout", endless.result, endless, PATIENCE)
+    local err = helpers.loom_error("timeout", forever.result, forever, PATIENCE)
     helpers.assert_contains(err.message, "task_timeout = 0.2 s")
-    assert.is_false(endless:cancelled())
+    assert.is_false(forever:cancelled())
     for i = 1, 20 do assert.are.equal(i, short[i]:result(PATIENCE)) end
     -- the worker that ran the endless task serves again
     local after = {}
@@ -282,6 +282,7 @@ describe("memory_limit", function()
     local f = ex:submit(function()
       local t = {}
       for i = 1, math.huge do t[i] = { i } end
+      return #t
     end)
     local err = helpers.error_of(f.result, f, PATIENCE)
     helpers.assert_contains(tostring(err), "not enough memory")
@@ -298,7 +299,7 @@ describe("memory_limit", function()
   it("holds for init too", function()
     local ex = loom.executor {
       workers = 1, memory_limit = 8 * 1024 * 1024,
-      init = function() local t = {} for i = 1, math.huge do t[i] = { i } end end,
+      init = function() local t = {} for i = 1, math.huge do t[i] = { i } end return t end,
     }
     local f = ex:submit(function() return 1 end)
     local err = helpers.loom_error("broken", f.result, f, PATIENCE)

@@ -271,7 +271,7 @@ describe("as_completed memory", function()
     futs = nil   -- luacheck: ignore 311
     local n = 0
     for f in loom.as_completed(input) do
-      input = nil   -- only the iterator and this loop variable still hold them
+      input = nil   -- luacheck: ignore 311 (only the iterator and the loop hold them now)
       assert.are.equal(1001, #f:result())
       n = n + 1
       f = nil   -- luacheck: ignore 311

@@ -8,7 +8,7 @@ local core = require "loom.core"
 
 local type, error, ipairs = type, error, ipairs
 local math_type, huge = math.type, math.huge
-local table_pack, table_unpack = table.pack, table.unpack
+local table_pack = table.pack
 local clock = core.clock
 
 local loom = {
@@ -536,7 +536,7 @@ function Executor:map(fn, ...)
   if per > 1 and per * nseq > MAP_VALUES then
     per = math.max(1, MAP_VALUES // nseq)
   end
-  local futures, nfut = {}, 0
+  local futures, nfut = {}
   if per == 1 then   -- a plain task per call
     for i = 1, n do futures[i] = self:_map_task(fn, i, i, seqs, nseq, false) end
     nfut = n
