@@ -218,7 +218,7 @@ check: deps
 	$(MAKE) fuzz FUZZ_SECONDS=60
 
 lint:
-	luacheck lua spec examples bench tools
+	luacheck lua spec examples bench src/embed.lua
 
 clean:
 	rm -rf loom build src/*.o
