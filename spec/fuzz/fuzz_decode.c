@@ -152,8 +152,12 @@ static void neutralize(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Both states are set up as a worker's is (a worker's pcall, xpcall and
+** coroutine functions are loom's own), so that a name resolves to the
+** same C function in both, which the fingerprints compare by address;
+** the first also gets 'loom.core' as a global library, as a host has it. */
 static int open_primary(lua_State *L) {
-  luaL_openlibs(L);
+  loom_open_worker_state(L);
   luaL_requiref(L, "loom.core", luaopen_loom_core, 1);
   lua_pop(L, 1);
   neutralize(L);
