@@ -287,7 +287,6 @@ def table_rows(fig, lua, py):
          "w3.pyP.string",
          [target("<= 1.2x one copy", v("w3.loom.string") / v("w3.lua.sub"), "<=", 1.2)]),
         ("string.rep (serial Lua)", "w3.lua.rep", "w3.lua.sub", None, None, []),
-         [target("<= 3x string.rep", v("w3.loom.string") / v("w3.lua.rep"), "<=", 3)]),
         ("loom process pool: send table, return sum", "w3.loomP.sum", "w3.lua.copy",
          None, "w3.pyP.sum",
          [target("<= 1/5 Py process", v("w3.loomP.sum") / v("w3.pyP.sum"), "<=", 0.2),
