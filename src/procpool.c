@@ -981,9 +981,11 @@ static double check_deadlines_locked(procpool *p) {
     k = (int)(w->seq0 % LOOM_PW_DEPTH);
     st = atomic_load(&w->ctl->slot[k].state);
     if (st == (w->seq0 << 2 | LOOM_PW_STARTED)) {
+      /* the worker writes the start time before it marks the task
+      ** started, so this is the time (never the 0 the slot was reset to) */
       int64_t ns = atomic_load(&w->ctl->slot[k].started);
       due = (double)ns * 1e-9 + p->task_timeout;
-      if (due <= now) {
+      if (ns > 0 && due <= now) {
         loom_future *f = w->flight[k];
         char msg[160];
         snprintf(msg, sizeof msg, "the task ran longer than its time limit "

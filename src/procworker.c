@@ -183,10 +183,11 @@ static int run_task(wstate *w, lua_State *W, const loom_pwframe *fr,
   loom_future f;
   loom_outcome o;
   int r;
+  /* the start time goes first: the parent, seeing STARTED, reads it */
+  atomic_store(&w->ctl->slot[fr->seq % LOOM_PW_DEPTH].started, now_ns());
   if (!atomic_compare_exchange_strong(state, &want,
                                       fr->seq << 2 | LOOM_PW_STARTED))
     return send_frame(w, LOOM_PW_SKIPPED, fr->seq, NULL, 0, NULL, 0);
-  atomic_store(&w->ctl->slot[fr->seq % LOOM_PW_DEPTH].started, now_ns());
   memset(&f, 0, sizeof f);
   atomic_init(&f.refs, 1);
   atomic_init(&f.state, LOOM_RUNNING);
