@@ -407,7 +407,14 @@ void loom_task_stop(loom_intr *in, unsigned gen) {
   if (in->L != NULL && atomic_load(&in->gen) == gen) {
     /* lua_sethook may be called asynchronously (ldebug.c); lua.c calls
     ** it from a signal handler.  The chain's coroutines cannot go away
-    ** meanwhile: busy makes their owner wait before popping one. */
+    ** meanwhile: busy makes their owner wait before popping one.  What
+    ** remains racy is lua_sethook's own walk down the running thread's
+    ** CallInfo list (to set their traps): were this thread preempted just
+    ** after reading L->ci, and the owner to return from that call and
+    ** shrink its CallInfo list in a collection meanwhile, the walk would
+    ** read a freed CallInfo.  That takes a preemption within a few
+    ** instructions and a collection of this thread in that moment;
+    ** Lanes stops its lanes the same way. */
     sethook_stop(in->L);
     atomic_store(&in->busy, 1);
     n = atomic_load(&in->nchain);
