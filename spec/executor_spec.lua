@@ -5,6 +5,22 @@
 local loom = require "loom"
 local helpers = require "spec.support.helpers"
 
+-- The names of this process's threads, one per line (from Linux /proc),
+-- or nil after marking the test pending where there is no /proc.
+local function thread_names()
+  local stat = io.open("/proc/self/stat")
+  if not stat then
+    pending("needs Linux /proc to read thread names")
+    return nil
+  end
+  local pid = stat:read("l"):match("^(%d+)")
+  stat:close()
+  local p = assert(io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null"))
+  local names = p:read("a")
+  p:close()
+  return names
+end
+
 describe("loom.cpu_count", function()
   it("returns the number of online processors", function()
     local n = loom.cpu_count()
@@ -108,19 +124,11 @@ describe("loom.executor", function()
   end)
 
   it("names its worker threads after the name option", function()
-    local stat = io.open("/proc/self/stat")
-    if not stat then
-      pending("needs Linux /proc to read thread names")
-      return
-    end
-    local pid = stat:read("l"):match("^(%d+)")
-    stat:close()
     local s = helpers.scope(finally)
     local ex = s:executor { workers = 1, name = "loomspec" }
     s:block(ex)
-    local p = assert(io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null"))
-    local names = p:read("a")
-    p:close()
+    local names = thread_names()
+    if not names then return end
     local found = false
     for name in names:gmatch("[^\n]+") do
       if name:sub(1, 8) == "loomspec" then found = true end
@@ -523,21 +531,13 @@ end)
 
 describe("worker thread names", function()
   it("keep as much of the prefix as fits beside the worker number", function()
-    local stat = io.open("/proc/self/stat")
-    if not stat then
-      pending("needs Linux /proc to read thread names")
-      return
-    end
-    local pid = stat:read("l"):match("^(%d+)")
-    stat:close()
     local s = helpers.scope(finally)
     local ex = s:executor { workers = 1, name = "SpecialPool" }
     s:block(ex)
     local ex2 = s:executor { workers = 1, name = "AVeryLongPoolNameIndeed" }
     s:block(ex2)
-    local p = assert(io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null"))
-    local names = p:read("a")
-    p:close()
+    local names = thread_names()
+    if not names then return end
     helpers.assert_contains(names, "SpecialPool-1\n")
     helpers.assert_contains(names, "AVeryLongPool-1\n")
   end)
