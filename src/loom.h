@@ -195,16 +195,6 @@ LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
 void loom_arrays_check(lua_State *L);
 int loom_arrays_inplace(int on);   /* 1 when in use; on >= 0 sets it */
 
-/* As loom_encode (arguments, refs allowed), for a map chunk: fn and then
-** nseq values for each call from index i0 on; errors name "element i of
-** sequence #s". */
-LOOM_API loom_msg *loom_encode_map(lua_State *L, int first, int n,
-                                   lua_Integer i0, int nseq);
-
-/* As loom_encode (results, refs allowed), but the n values go as one
-** array table of length n, which the decoder builds directly. */
-LOOM_API loom_msg *loom_encode_list(lua_State *L, int first, int n);
-
 /*
 ** The refs modes of loom_encode_mode ('refs_ok' above is NONE or THREADS).
 ** Between threads a message may refer to channels and shared bytecode; a
@@ -215,8 +205,11 @@ LOOM_API loom_msg *loom_encode_list(lua_State *L, int first, int n);
 #define LOOM_REFS_NONE    0
 #define LOOM_REFS_THREADS 1
 #define LOOM_REFS_PROCESS 2
-/* loom_encode (list 0, i0 and nseq 0), loom_encode_list (list 1) or
-** loom_encode_map (place LOOM_AT_MAP, i0, nseq), in any refs mode. */
+/* loom_encode in any refs mode.  With 'list' set, the n values go as one
+** array table of length n, which the decoder builds directly (a map
+** chunk's results).  With place LOOM_AT_MAP, the values are fn and then
+** nseq values for each call from index i0 on, and errors name "element i
+** of sequence #s". */
 LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
                                     loom_place place, int argbase, int refs,
                                     int list, lua_Integer i0, int nseq);

@@ -1216,7 +1216,7 @@ static void e_run(encoder *e) {
   }
 }
 
-/* loom_encode, or with 'list' set, loom_encode_list. */
+/* loom_encode and loom_encode_mode (see loom.h). */
 static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
                         int argbase, int refs_ok, int list, lua_Integer i0,
                         int nseq) {
@@ -1361,15 +1361,6 @@ loom_msg *loom_encode_mode(lua_State *L, int first, int n, loom_place place,
                            int argbase, int refs, int list, lua_Integer i0,
                            int nseq) {
   return encode(L, first, n, place, argbase, refs, list, i0, nseq);
-}
-
-loom_msg *loom_encode_list(lua_State *L, int first, int n) {
-  return encode(L, first, n, LOOM_AT_RESULT, 0, 1, 1, 0, 0);
-}
-
-loom_msg *loom_encode_map(lua_State *L, int first, int n, lua_Integer i0,
-                          int nseq) {
-  return encode(L, first, n, LOOM_AT_MAP, 0, 1, 0, i0, nseq);
 }
 
 /* --------------------------------------------------------------- decoder */
