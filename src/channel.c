@@ -4,7 +4,9 @@
 ** A channel is the one value that crosses between states by reference:
 ** every handle (a userdata in some state) and every message that refers
 ** to it holds one reference.  ch->mu guards the ring and the flags; no
-** Lua call is ever made with it held.
+** Lua call is ever made with it held.  A handle is made here too, since
+** the copier makes one for every channel it receives (the binding,
+** lua_channel.c, gives handles their methods).
 */
 #include <errno.h>
 #include <string.h>
@@ -159,4 +161,19 @@ size_t loom_chan_count(loom_chan *c) {
   n = c->count;
   pthread_mutex_unlock(&c->mu);
   return n;
+}
+
+/* ---------------------------------------------------------------- handles */
+
+loom_chan *loom_tochannel(lua_State *L, int idx) {
+  loom_chandle *h = (loom_chandle *)luaL_testudata(L, idx, LOOM_CHANNEL);
+  return h ? h->c : NULL;
+}
+
+void loom_pushchannel(lua_State *L, loom_chan *c) {
+  loom_chandle *h = (loom_chandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h->c = NULL;
+  luaL_setmetatable(L, LOOM_CHANNEL);
+  loom_chan_incref(c);
+  h->c = c;
 }

@@ -302,6 +302,12 @@ LOOM_API int loom_chan_pop(loom_chan *c, const struct timespec *deadline,
 LOOM_API void loom_chan_close(loom_chan *c);
 LOOM_API size_t loom_chan_count(loom_chan *c);
 
+/* A channel handle: a userdata of metatable LOOM_CHANNEL holding one
+** reference (c is NULL until it is set, and after __gc). */
+typedef struct loom_chandle {
+  loom_chan *c;
+} loom_chandle;
+
 /* Push a channel handle (a new userdata holding a reference). */
 LOOM_API void loom_pushchannel(lua_State *L, loom_chan *c);
 /* The channel of the handle at idx, or NULL. */
@@ -516,18 +522,20 @@ int luaopen_loom_core(lua_State *L);
 #define LOOM_TASK_SELFCONTAINED 1
 #define LOOM_TASK_BORROWED      2
 
-/* Set up a fresh worker state: libraries, loom, os.exit, print, and
-** coroutine.resume/wrap that a stop can follow.  Stack: unchanged. */
-LOOM_API int loom_open_worker_state(lua_State *L);
+/* Set up a fresh worker state: libraries, loom.core (opened by
+** open_core, the binding's luaopen_loom_core), os.exit, print, and
+** coroutine.resume/wrap that a stop can follow.  May raise.  Stack:
+** unchanged. */
+LOOM_API void loom_open_worker_state(lua_State *L, lua_CFunction open_core);
 
-/* Set up worker state L: libraries, package.path/cpath (may be NULL) and
-** init (function and init_args, may be NULL).  With an interrupt point
-** (in, may be NULL), the state's tasks can be stopped (loom_task_stop).
-** Protected inside: returns NULL, or the error text (owned) when
-** something failed. */
-LOOM_API char *loom_task_setup(lua_State *L, const char *path,
-                               const char *cpath, const loom_msg *init,
-                               loom_intr *in);
+/* Set up worker state L: libraries, loom.core (open_core),
+** package.path/cpath (may be NULL) and init (function and init_args, may
+** be NULL).  With an interrupt point (in, may be NULL), the state's tasks
+** can be stopped (loom_task_stop).  Protected inside: returns NULL, or
+** the error text (owned) when something failed. */
+LOOM_API char *loom_task_setup(lua_State *L, lua_CFunction open_core,
+                               const char *path, const char *cpath,
+                               const loom_msg *init, loom_intr *in);
 
 /* A map chunk's call that did not return one value has its results
 ** packed as {n = count, ...} in the chunk's list (see run_chunk): replace
@@ -576,6 +584,9 @@ typedef struct loom_pool_config {
   const char *path, *cpath;
   loom_msg *init;          /* function + init_args, or NULL (taken) */
   loom_preload *preload;   /* or NULL (taken, freed with loom_free) */
+  lua_CFunction open_core; /* opens loom.core in a worker state: the
+                              binding's luaopen_loom_core, so that the pool
+                              need not call up into the binding */
 } loom_pool_config;
 
 /* A thread pool with its workers started; NULL with *err set on error. */
@@ -607,8 +618,10 @@ LOOM_API loom_sched *loom_procpool_new(loom_procpool_config *cfg,
 ** a standalone interpreter runs its own kind of worker, and always in a
 ** sanitizer build; else "lua5.4", found in PATH. */
 LOOM_API char *loom_procpool_interpreter(const char *argv0);
-/* core._process_worker(ppid): the main loop of a worker process. */
-LOOM_API int loom_process_worker(lua_State *L);
+/* The main loop of a worker process whose parent is ppid, opening
+** loom.core in its state with open_core; returns the process's exit
+** status (core._process_worker). */
+LOOM_API int loom_process_worker(lua_Integer ppid, lua_CFunction open_core);
 
 /* Write the n buffers of iov to fd, whatever the partial writes: 0, or
 ** -1 (errno set; EAGAIN on a non-blocking fd that is full). */

@@ -11,26 +11,9 @@
 
 #include "loom.h"
 
-
-typedef struct chandle {
-  loom_chan *c;
-} chandle;
-
-loom_chan *loom_tochannel(lua_State *L, int idx) {
-  chandle *h = (chandle *)luaL_testudata(L, idx, LOOM_CHANNEL);
-  return h ? h->c : NULL;
-}
-
-void loom_pushchannel(lua_State *L, loom_chan *c) {
-  chandle *h = (chandle *)lua_newuserdatauv(L, sizeof *h, 0);
-  h->c = NULL;
-  luaL_setmetatable(L, LOOM_CHANNEL);
-  loom_chan_incref(c);
-  h->c = c;
-}
-
 static loom_chan *checkchannel(lua_State *L, int idx) {
-  chandle *h = (chandle *)loom_checkud(L, idx, LOOM_UV_CHANNEL, LOOM_CHANNEL);
+  loom_chandle *h = (loom_chandle *)loom_checkud(L, idx, LOOM_UV_CHANNEL,
+                                                 LOOM_CHANNEL);
   if (h->c == NULL) luaL_argerror(L, idx, "channel is not initialised");
   return h->c;
 }
@@ -55,9 +38,9 @@ void loom_close_channels(loom_mstate *ms) {
 static int channel_new(lua_State *L) {
   loom_mstate *ms = loom_getmstate(L);
   lua_Integer cap = luaL_optinteger(L, 1, 0);
-  chandle *h;
+  loom_chandle *h;
   luaL_argcheck(L, cap >= 0, 1, "capacity must be >= 0");
-  h = (chandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h = (loom_chandle *)lua_newuserdatauv(L, sizeof *h, 0);
   h->c = NULL;
   luaL_setmetatable(L, LOOM_CHANNEL);
   if (ms->nchans >= ms->prunechans) prune_chans(ms);
@@ -73,7 +56,7 @@ static int channel_new(lua_State *L) {
 }
 
 static int channel_gc(lua_State *L) {
-  chandle *h = (chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
+  loom_chandle *h = (loom_chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
   if (h->c) loom_chan_decref(h->c);
   h->c = NULL;
   return 0;
@@ -150,7 +133,7 @@ static int channel_len(lua_State *L) {
 }
 
 static int channel_tostring(lua_State *L) {
-  chandle *h = (chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
+  loom_chandle *h = (loom_chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
   loom_chan *c = h->c;
   if (c == NULL) {
     lua_pushliteral(L, "loom.Channel (closed)");

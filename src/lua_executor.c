@@ -127,6 +127,7 @@ static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   loom_sched_reserve(L);
   cfg->preload = NULL;
   cfg->init = NULL;
+  cfg->open_core = luaopen_loom_core;
   if (!lua_isnil(L, 3)) {
     int k, na = 0, base = lua_gettop(L);
     lua_pushvalue(L, 3);

@@ -279,6 +279,12 @@ static int other_state_run(lua_State *L) {
   return 0;
 }
 
+/* Protected: set up a fresh state as a worker's. */
+static int open_worker_k(lua_State *L) {
+  loom_open_worker_state(L, luaopen_loom_core);
+  return 0;
+}
+
 static int in_new_state(lua_State *L, int call) {
   int n = lua_gettop(L), r;
   loom_msg *m, *out = NULL;
@@ -289,7 +295,7 @@ static int in_new_state(lua_State *L, int call) {
   *box = m;
   L2 = lua_newstate(loom_lua_alloc, NULL);
   if (L2 == NULL) return luaL_error(L, "cannot create a state");
-  lua_pushcfunction(L2, loom_open_worker_state);
+  lua_pushcfunction(L2, open_worker_k);
   r = lua_pcall(L2, 0, 0, 0);
   if (r == LUA_OK) {
     lua_pushcfunction(L2, other_state_run);
@@ -376,6 +382,14 @@ static int l_failpoint(lua_State *L) {
   return 2;
 }
 
+/* core._process_worker(ppid): the main loop of a worker process (see
+** procworker.c); returns its exit status. */
+static int l_process_worker(lua_State *L) {
+  lua_Integer ppid = luaL_checkinteger(L, 1);
+  lua_pushinteger(L, loom_process_worker(ppid, luaopen_loom_core));
+  return 1;
+}
+
 static int error_tostring(lua_State *L) {
   lua_getfield(L, 1, "kind");
   lua_getfield(L, 1, "message");
@@ -398,7 +412,7 @@ static const luaL_Reg funcs[] = {
   {"_inplace_arrays", l_inplace_arrays},
   {"_isatty", l_isatty},
   {"_pins", l_pins},
-  {"_process_worker", loom_process_worker},
+  {"_process_worker", l_process_worker},
   {NULL, NULL}
 };
 

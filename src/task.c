@@ -556,7 +556,7 @@ static int worker_xpcall(lua_State *L) {
   return finishpcall(L, status, 2);
 }
 
-int loom_open_worker_state(lua_State *L) {
+void loom_open_worker_state(lua_State *L, lua_CFunction open_core) {
   intr_of(L) = NULL;
   luaL_openlibs(L);
   lua_getglobal(L, "os");
@@ -575,25 +575,25 @@ int loom_open_worker_state(lua_State *L) {
   lua_pushcfunction(L, co_wrap);
   lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
-  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  luaL_requiref(L, "loom.core", open_core, 0);
   lua_pop(L, 1);
   /* before any user code can change the libraries; print, os.exit,
   ** pcall, xpcall and the coroutine functions are named as usual, so they
   ** cross as the receiver's own */
   loom_cfuncs_init(L);
-  return 0;
 }
 
 /* Protected: [1] = path, [2] = cpath, [3] = init message, [4] = interrupt
-** point; set the state up and run init. */
+** point, [5] = the opener of loom.core; set the state up and run init. */
 static int task_setup(lua_State *L) {
   const char *path = (const char *)lua_touserdata(L, 1);
   const char *cpath = (const char *)lua_touserdata(L, 2);
   const loom_msg *init = (const loom_msg *)lua_touserdata(L, 3);
   loom_intr *in = (loom_intr *)lua_touserdata(L, 4);
+  lua_CFunction open_core = lua_tocfunction(L, 5);
   int n;
   lua_settop(L, 0);
-  loom_open_worker_state(L);
+  loom_open_worker_state(L, open_core);
   if (in != NULL) {
     /* before any coroutine is made: each copies the main thread's */
     intr_of(L) = in;
@@ -621,7 +621,8 @@ static int task_setup(lua_State *L) {
   return 0;
 }
 
-char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
+char *loom_task_setup(lua_State *L, lua_CFunction open_core,
+                      const char *path, const char *cpath,
                       const loom_msg *init, loom_intr *in) {
   char *err = NULL;
   lua_settop(L, 0);
@@ -630,7 +631,8 @@ char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
   lua_pushlightuserdata(L, (void *)cpath);
   lua_pushlightuserdata(L, (void *)init);
   lua_pushlightuserdata(L, in);
-  if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+  lua_pushcfunction(L, open_core);   /* a light C function: no allocation */
+  if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
     err = safe_error_text(L, -1);
     if (err == NULL) err = loom_strdup("not enough memory");
   }

@@ -157,7 +157,7 @@ static void neutralize(lua_State *L) {
 ** same C function in both, which the fingerprints compare by address;
 ** the first also gets 'loom.core' as a global library, as a host has it. */
 static int open_primary(lua_State *L) {
-  loom_open_worker_state(L);
+  loom_open_worker_state(L, luaopen_loom_core);
   luaL_requiref(L, "loom.core", luaopen_loom_core, 1);
   lua_pop(L, 1);
   neutralize(L);
@@ -166,7 +166,7 @@ static int open_primary(lua_State *L) {
 }
 
 static int open_secondary(lua_State *L) {
-  loom_open_worker_state(L);   /* builds the C function map ... */
+  loom_open_worker_state(L, luaopen_loom_core);   /* builds the C function map ... */
   neutralize(L);
   loom_cfuncs_init(L);         /* ... so build it again */
   return 0;
