@@ -3,8 +3,10 @@
 **
 ** Parts, from the bottom up:
 **   alloc.c        the allocator of the core and of worker states
-**   transfer.c     the value copier: a Lua value -> a self-contained
-**                  message (loom_msg) -> a Lua value in another lua_State
+**   transfer.c     the value copier's shared part: errors, messages,
+**                  pins, the raw-array check, the C function map
+**   encode.c       a Lua value -> a self-contained message (loom_msg)
+**   decode.c       a message -> a Lua value in another lua_State
 **   channel.c      reference-counted thread-safe FIFO queues
 **   future.c       futures, and waiters that block on one or many; they
 **                  know a pool only as a loom_sched (its lock and ops)
@@ -94,17 +96,27 @@ LOOM_API int loom_failpoint_fired(void);
 #define LOOM_FAIL_LUA  1   /* worker lua_State allocations */
 #define LOOM_FAIL_CORE 2   /* loom_malloc/loom_realloc */
 
-/* ------------------------------------------------------------- messages */
+/* ---------------------------------------------------------- transfer.c */
+
+/*
+** What the encoder (encode.c) and the decoder (decode.c) share: loom's
+** error values, messages and what they refer to, pinned strings, shared
+** bytecode, the raw-array check and the map of C functions.
+*/
+
+/* Push a loom error table {kind=, message=} (without raising it). */
+LOOM_API void loom_pusherror(lua_State *L, const char *kind,
+                             const char *fmt, ...);
+/* Push a text for the value at idx and return it: the value itself if a
+** string or number, else its tostring run protected; when __tostring
+** raises or gives no string, "(error object is a T value)", as lua.c
+** says.  Raises only on a memory error.  Needs 3 free stack slots. */
+LOOM_API const char *loom_pushtext(lua_State *L, int idx);
+/* Push a loom error table and raise it. */
+LOOM_API int loom_raise(lua_State *L, const char *kind, const char *fmt, ...);
 
 typedef struct loom_chan loom_chan;
 
-/*
-** A message: the bytes of one or more encoded values, plus what they refer
-** to by pointer (channels, shared bytecode, large strings: loom_ref, each
-** holding one reference).  A message belongs to one thread at a time; it
-** is handed over under a lock.  A large message is the encoder's own
-** buffer, handed over rather than copied out (cap may exceed len).
-*/
 /*
 ** The bytecode of one Lua function, shared between threads.  A state
 ** caches it per closure, so a function submitted again is not dumped
@@ -117,18 +129,15 @@ typedef struct loom_proto {
   unsigned char code[1];
 } loom_proto;
 
-LOOM_API void loom_proto_decref(loom_proto *p);
-
 /*
-** A large string crossing by reference (transfer.c): the message refers
-** to the sender's own Lua string, anchored in the sender's state until no
+** A large string crossing by reference: the message refers to the
+** sender's own Lua string, anchored in the sender's state until no
 ** message holds the pin, and the receiver's lua_pushlstring is the one
 ** copy of its bytes.  If the sender's state closes first, the pin gets a
 ** malloc'd copy of the bytes.  Refcounted: the sender holds one reference
 ** while the string is anchored, each message one.
 */
 typedef struct loom_pin loom_pin;
-LOOM_API void loom_pin_decref(loom_pin *p);
 
 /* Something a message refers to by pointer, holding one reference. */
 typedef struct loom_ref {
@@ -139,6 +148,13 @@ enum { LOOM_REF_CHAN, LOOM_REF_PROTO, LOOM_REF_PIN };
 
 #define LOOM_INLINE_REFS 2
 
+/*
+** A message: the bytes of one or more encoded values, plus what they refer
+** to by pointer (channels, shared bytecode, large strings: loom_ref, each
+** holding one reference).  A message belongs to one thread at a time; it
+** is handed over under a lock.  A large message is the encoder's own
+** buffer, handed over rather than copied out (cap may exceed len).
+*/
 typedef struct loom_msg {
   size_t len, cap;
   loom_ref *refs;          /* NULL while the references fit in inl */
@@ -147,15 +163,118 @@ typedef struct loom_msg {
   unsigned char data[1];   /* len bytes used, cap allocated */
 } loom_msg;
 
-/* The references of m (channels and protos, one reference each). */
+/* The references of m (channels, protos and pins, one reference each). */
 #define loom_msg_refs(m) ((m)->refs ? (m)->refs : (m)->inl)
 
-LOOM_API void loom_msg_free(loom_msg *m);
-/* Free m, a message that state L has decoded and needs no more; a large
-** one becomes L's encode buffer instead (until a small message comes), so
-** that the next large message is written into memory already mapped.
-** Needs 1 free stack slot; never raises. */
-LOOM_API void loom_msg_recycle(lua_State *L, loom_msg *m);
+/*
+** The format of a message's bytes:
+**
+**   "LOOM" version:u8  nobjs:u32  nvalues:varint  value*
+**
+**   value := NIL | FALSE | TRUE | INT i64 | INT8 i8 | FLT f64
+**          | STR len bytes
+**          | TABLE narr:u32 nhash:u32 value{narr} (key value){nhash}
+**                  hasmeta:u8 [value]
+**          | FUNC len bytecode nups:u8 upvalue{nups}
+**          | CFUNC len module len field  -- package.loaded[module][field]
+**          | REF index            -- a table/function seen before
+**          | ENV                  -- the receiving state's globals
+**          | CHAN index           -- msg->refs[index], by reference
+**          | ERRMT                -- the receiver's loom.Error metatable
+**          | PROTO index          -- msg->refs[index]: shared bytecode of a
+**                                    function with no upvalue but _ENV
+**          | PIN index            -- msg->refs[index]: a string of the
+**                                    sender's, by reference (loom_pin)
+**   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
+**
+** Tables and functions are numbered in the order they first appear, so
+** REF keeps identity and cycles within one message.  Like CHAN and PROTO,
+** PIN never appears in a message made without refs (loom.encode), so
+** adding it did not change the version.
+*/
+#define LOOM_MAGIC "LOOM"
+#define LOOM_VERSION 3     /* bump on every change of the format */
+#define LOOM_HEADER_LEN 9  /* magic, version, nobjs */
+enum {   /* the scalars come first, up to LOOM_T_STR (d_item relies on it) */
+  LOOM_T_NIL, LOOM_T_FALSE, LOOM_T_TRUE, LOOM_T_INT, LOOM_T_INT8,
+  LOOM_T_FLT, LOOM_T_STR, LOOM_T_TABLE, LOOM_T_FUNC, LOOM_T_CFUNC,
+  LOOM_T_REF, LOOM_T_ENV, LOOM_T_CHAN, LOOM_T_JOIN, LOOM_T_ERRMT,
+  LOOM_T_PROTO, LOOM_T_PIN
+};
+
+/* Frames of either walk that live on the C stack; deeper ones go to a
+** userdata. */
+#define LOOM_INLINE_FRAMES 32
+
+LOOM_API void loom_proto_decref(loom_proto *p);
+/* Drop m's references (nrefs becomes 0). */
+LOOM_API void loom_msg_unref(loom_msg *m);
+LOOM_API void loom_msg_free(loom_msg *m);   /* m may be NULL */
+
+/* Pins.  The sender's state keeps the pins it made in its pinset, a
+** userdata in the registry.  Each function below needs 3 free stack
+** slots; psidx is an absolute stack index. */
+typedef struct loom_pinset loom_pinset;
+LOOM_API void loom_pin_incref(loom_pin *p);
+LOOM_API void loom_pin_decref(loom_pin *p);
+/* Push this state's pinset and return it; when there is none yet, make
+** it if 'make', else push nil and return NULL. */
+LOOM_API loom_pinset *loom_pinset_push(lua_State *L, int make);
+/* Whether a sweep of ps is due (it is open and has pins to look at). */
+LOOM_API int loom_pinset_due(const loom_pinset *ps);
+/* Un-anchor the pins of the pinset at psidx that no message holds. */
+LOOM_API void loom_pinset_sweep(lua_State *L, int psidx);
+/* A new pin of the string at stridx, anchored in the pinset at psidx,
+** with one reference (the pinset's); NULL when the pinset is closed (the
+** state is closing).  Raises a memory error. */
+LOOM_API loom_pin *loom_pin_new(lua_State *L, int psidx, int stridx);
+/* Un-anchor the strings of this state that no message refers to any
+** more.  Cheap when there are none; never raises. */
+LOOM_API void loom_pins_sweep(lua_State *L);
+/* The number of this state's strings still anchored for a message (of
+** those with these bytes, unless NULL), after sweeping all of them; for
+** the specs. */
+LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
+/* Push a copy of p's bytes.  Raises only a memory error. */
+LOOM_API void loom_pin_push(lua_State *L, loom_pin *p);
+
+/* A userdata owning one reference to a proto (p may be NULL): the
+** encoder's cache (closure -> box) and the decoder's (proto -> box whose
+** user value is the loaded function) hold protos this way. */
+typedef struct loom_protobox {
+  loom_proto *p;
+} loom_protobox;
+LOOM_API loom_protobox *loom_newprotobox(lua_State *L);
+
+/* Raw arrays: the array part of a table, read and written in place (see
+** transfer.c for when). */
+typedef struct loom_rawtvalue {
+  union { void *p; lua_Integer i; lua_Number n; } v;
+  unsigned char tt;
+} loom_rawtvalue;
+#define LOOM_RAW_VNUMINT 0x03   /* makevariant(LUA_TNUMBER, 0) */
+#define LOOM_RAW_VNUMFLT 0x13   /* makevariant(LUA_TNUMBER, 1) */
+/* Check, once per process, that this interpreter's tables are laid out
+** as expected; if not, the copier keeps to the C API.  Called by
+** luaopen.  Stack: unchanged.  May raise a memory error. */
+LOOM_API void loom_arrays_check(lua_State *L);
+/* 1 when the in-place path is in use; on >= 0 turns it on or off (on
+** only where the check passed). */
+LOOM_API int loom_arrays_inplace(int on);
+/* The array part of the table at idx, and its allocated length in *n
+** (the table's length may be less); NULL when not in use. */
+LOOM_API loom_rawtvalue *loom_rawarray(lua_State *L, int idx,
+                                       unsigned int *n);
+
+/* Add every C function of a module in package.loaded to the map at
+** stack index map (function -> its encoded name). */
+LOOM_API void loom_cfuncs_scan(lua_State *L, int map);
+/* Build (again) the map of a state from the C functions that are fields
+** of modules in package.loaded to the names they cross by, and keep it
+** in the registry (LOOM_CFUNCS). */
+LOOM_API void loom_cfuncs_init(lua_State *L);
+
+/* ------------------------------------------------------------ encode.c */
 
 /* Where a value being encoded sits, for error messages. */
 typedef enum {
@@ -164,78 +283,57 @@ typedef enum {
 } loom_place;
 
 /*
-** Encode the n values at stack [first, first+n-1] into a new message.
-** 'place' and 'argbase' name the roots in errors ("argument #k" with
-** k = argbase + i).  'refs_ok' says whether the message may refer to
-** things by pointer: channels, shared bytecode, and strings of at least
-** LOOM_PIN_MIN bytes, which then cross by reference (loom_pin).  Without
-** it the message is self-contained bytes (loom.encode, a pipe).
-** Raises a transfer error (or a memory error) on failure; never leaks.
-** Stack: unchanged on return.
-*/
-LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
-                               loom_place place, int argbase, int refs_ok);
-
-/* Strings this long or longer cross by reference when refs_ok allows
-** (and the sending state has no memory limit: a pinned string outlives
-** its task, and would count against the limit meanwhile). */
-#define LOOM_PIN_MIN (32 * 1024)
-
-/* Un-anchor the strings of this state that no message refers to any
-** more.  Cheap when there are none; needs 3 free stack slots. */
-LOOM_API void loom_pins_sweep(lua_State *L);
-/* The number of this state's strings still anchored for a message (of
-** those with these bytes, unless NULL), after sweeping all of them; for
-** the specs. */
-LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
-
-/* Check, once per process, that this interpreter's tables are laid out
-** as transfer.c expects for reading and writing arrays of numbers in
-** place; if not, the copier keeps to the C API.  Called by luaopen. */
-void loom_arrays_check(lua_State *L);
-int loom_arrays_inplace(int on);   /* 1 when in use; on >= 0 sets it */
-
-/*
-** The refs modes of loom_encode_mode ('refs_ok' above is NONE or THREADS).
-** Between threads a message may refer to channels and shared bytecode; a
-** string (loom.encode) and a message to another process are
-** self-contained, and the latter refuses a channel as one that cannot
-** cross into another process.
+** What a message may refer to by pointer.  Between threads
+** (LOOM_REFS_THREADS) a message may refer to channels, shared bytecode
+** and strings of at least LOOM_PIN_MIN bytes, which then cross by
+** reference (loom_pin).  A string (loom.encode, LOOM_REFS_NONE) and a
+** message to another process (LOOM_REFS_PROCESS) are self-contained, and
+** the latter refuses a channel as one that cannot cross into another
+** process.
 */
 #define LOOM_REFS_NONE    0
 #define LOOM_REFS_THREADS 1
 #define LOOM_REFS_PROCESS 2
-/* loom_encode in any refs mode.  With 'list' set, the n values go as one
-** array table of length n, which the decoder builds directly (a map
-** chunk's results).  With place LOOM_AT_MAP, the values are fn and then
-** nseq values for each call from index i0 on, and errors name "element i
-** of sequence #s". */
+
+/* Strings this long or longer cross by reference when the refs mode
+** allows (and the sending state has no memory limit: a pinned string
+** outlives its task, and would count against the limit meanwhile). */
+#define LOOM_PIN_MIN (32 * 1024)
+
+/* Free m, a message that state L has decoded and needs no more; a large
+** one becomes L's encode buffer instead (until a small message comes), so
+** that the next large message is written into memory already mapped.
+** Needs 1 free stack slot; never raises. */
+LOOM_API void loom_msg_recycle(lua_State *L, loom_msg *m);
+
+/*
+** Encode the n values at stack [first, first+n-1] into a new message.
+** 'place' and 'argbase' name the roots in errors ("argument #k" with
+** k = argbase + i).  'refs' is a LOOM_REFS_* mode.  Raises a transfer
+** error (or a memory error) on failure; never leaks.  Stack: unchanged
+** on return.
+*/
+LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
+                               loom_place place, int argbase, int refs);
+/* loom_encode with more.  With 'list' set, the n values go as one array
+** table of length n, which the decoder builds directly (a map chunk's
+** results).  With place LOOM_AT_MAP, the values are fn and then nseq
+** values for each call from index i0 on, and errors name "element i of
+** sequence #s". */
 LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
                                     loom_place place, int argbase, int refs,
                                     int list, lua_Integer i0, int nseq);
 
+/* ------------------------------------------------------------ decode.c */
+
 /*
 ** Decode a message of len bytes at p, pushing its values; returns their
 ** number.  'functions' allows bytecode (never for untrusted input).
-** 'm' (may be NULL) supplies the channel references.  Raises a transfer
-** error on malformed input; never reads outside [p, p+len).
+** 'm' (may be NULL) supplies the references.  Raises a transfer error on
+** malformed input; never reads outside [p, p+len).
 */
 LOOM_API int loom_decode(lua_State *L, const unsigned char *p, size_t len,
                          int functions, const loom_msg *m);
-
-/* Push a loom error table {kind=, message=} and raise it. */
-LOOM_API int loom_raise(lua_State *L, const char *kind, const char *fmt, ...);
-/* Push (without raising) a loom error table. */
-LOOM_API void loom_pusherror(lua_State *L, const char *kind,
-                             const char *fmt, ...);
-/* Push a text for the value at idx and return it: the value itself if a
-** string or number, else its tostring run protected; when __tostring
-** raises or gives no string, "(error object is a T value)", as lua.c
-** says.  Raises only on a memory error.  Needs 3 free stack slots. */
-LOOM_API const char *loom_pushtext(lua_State *L, int idx);
-/* Build (again) the map of a state from the C functions that are fields
-** of modules in package.loaded to the names they cross by. */
-LOOM_API void loom_cfuncs_init(lua_State *L);
 
 /* ------------------------------------------------------ interrupt points */
 
