@@ -118,16 +118,9 @@ static size_t d_left(decoder *d) { return (size_t)(d->end - d->p); }
 
 static dframe *d_push(decoder *d) {
   if (d->nf >= LOOM_MAX_DEPTH) d_error(d, "nesting too deep");
-  if (d->nf == d->capf) {
-    lua_State *L = d->L;
-    int ncap = d->capf * 2;
-    dframe *nf;
-    nf = (dframe *)lua_newuserdatauv(L, sizeof(dframe) * (size_t)ncap, 0);
-    memcpy(nf, d->f, sizeof(dframe) * (size_t)d->nf);
-    lua_replace(L, d->framebuf);
-    d->f = nf;
-    d->capf = ncap;
-  }
+  if (d->nf == d->capf)
+    d->f = (dframe *)loom_frames_grow(d->L, d->f, d->nf, &d->capf,
+                                      sizeof(dframe), d->framebuf);
   return &d->f[d->nf++];
 }
 

@@ -340,16 +340,9 @@ static int e_error(encoder *e, const char *what) {
 static eframe *e_push(encoder *e) {
   if (e->nf >= LOOM_MAX_DEPTH)
     e_error(e, "nesting deeper than 200000 levels");
-  if (e->nf == e->capf) {
-    lua_State *L = e->L;
-    int ncap = e->capf * 2;
-    eframe *nf;
-    nf = (eframe *)lua_newuserdatauv(L, sizeof(eframe) * (size_t)ncap, 0);
-    memcpy(nf, e->f, sizeof(eframe) * (size_t)e->nf);
-    lua_replace(L, e->base + S_FRAMES);
-    e->f = nf;
-    e->capf = ncap;
-  }
+  if (e->nf == e->capf)
+    e->f = (eframe *)loom_frames_grow(e->L, e->f, e->nf, &e->capf,
+                                      sizeof(eframe), e->base + S_FRAMES);
   return &e->f[e->nf++];
 }
 

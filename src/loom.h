@@ -238,6 +238,13 @@ LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
 /* Push a copy of p's bytes.  Raises only a memory error. */
 LOOM_API void loom_pin_push(lua_State *L, loom_pin *p);
 
+/* The frames of a walk (n in use, *cap of 'size' bytes each), doubled
+** into a new userdata that replaces the value at stack index slot (the
+** old frames, when in a userdata); returns the new array.  Raises a
+** memory error. */
+LOOM_API void *loom_frames_grow(lua_State *L, void *f, int n, int *cap,
+                                size_t size, int slot);
+
 /* A userdata owning one reference to a proto (p may be NULL): the
 ** encoder's cache (closure -> box) and the decoder's (proto -> box whose
 ** user value is the loaded function) hold protos this way. */

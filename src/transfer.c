@@ -349,6 +349,18 @@ loom_protobox *loom_newprotobox(lua_State *L) {
   return b;
 }
 
+/* ---------------------------------------------------------------- frames */
+
+void *loom_frames_grow(lua_State *L, void *f, int n, int *cap, size_t size,
+                       int slot) {
+  int ncap = *cap * 2;
+  void *nf = lua_newuserdatauv(L, size * (size_t)ncap, 0);
+  memcpy(nf, f, size * (size_t)n);
+  lua_replace(L, slot);   /* the old array, if a userdata, is garbage */
+  *cap = ncap;
+  return nf;
+}
+
 /* ------------------------------------------------------------ raw arrays */
 
 /*
