@@ -20,7 +20,8 @@ BUSTED     ?= busted
 
 SRC  = src/alloc.c src/intr.c src/transfer.c src/encode.c src/decode.c \
        src/channel.c src/future.c src/task.c \
-       src/pool.c src/procpool.c src/procworker.c src/lua_module.c src/lua_future.c src/lua_executor.c \
+       src/pool.c src/procpool.c src/procworker.c \
+       src/lua_aux.c src/lua_module.c src/lua_future.c src/lua_executor.c \
        src/lua_channel.c
 # completion queues; loom's Lua modules built into the core
 SRC += src/lua_queue.c src/lua_preload.c

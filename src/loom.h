@@ -825,10 +825,8 @@ LOOM_API double loom_opttimeout(lua_State *L, int idx);
 LOOM_API loom_msg **loom_msgbox(lua_State *L);
 /* Report the error value at the top through warn, then pop it. */
 LOOM_API void loom_warn_error(lua_State *L, const char *what);
-/* Make room to remember one more sched (raises when out of memory), then
-** remember s (taking a reference), so that lua_close joins it. */
-LOOM_API void loom_sched_reserve(lua_State *L);
-LOOM_API void loom_sched_keep(lua_State *L, loom_sched *s);
+/* Register the metatables of lua_aux.c (loom.MsgBox). */
+LOOM_API void loom_open_aux(lua_State *L);
 
 /*
 ** Blocking in the binding.  Every loom call that blocks waits in slices of

@@ -57,6 +57,37 @@ static void renew_sentinel(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, "loom.sentinel");
 }
 
+/* Join and drop scheds whose workers have all ended. */
+static void prune_scheds(loom_mstate *ms) {
+  struct timespec now;
+  int i, j = 0;
+  loom_deadline(&now, 0);
+  for (i = 0; i < ms->nscheds; i++) {
+    loom_sched *s = ms->scheds[i];
+    if (s->ops->join(s, &now)) loom_sched_decref(s);
+    else ms->scheds[j++] = s;
+  }
+  ms->nscheds = j;
+}
+
+/* Make room to remember one more sched (raises when out of memory). */
+static void sched_reserve(lua_State *L) {
+  loom_mstate *ms = loom_getmstate(L);
+  prune_scheds(ms);
+  if (ms->nscheds == ms->capscheds
+      && !loom_grow((void **)&ms->scheds, &ms->capscheds,
+                    sizeof(loom_sched *)))
+    luaL_error(L, "not enough memory");
+}
+
+/* Remember s (taking a reference; room was reserved), so that lua_close
+** joins it. */
+static void sched_keep(lua_State *L, loom_sched *s) {
+  loom_mstate *ms = loom_getmstate(L);
+  loom_sched_incref(s);
+  ms->scheds[ms->nscheds++] = s;   /* room was reserved */
+}
+
 /* Field k of the options table at 1: an integer, or def when absent. */
 static lua_Integer optint(lua_State *L, const char *k, lua_Integer def) {
   lua_Integer v = def;
@@ -124,7 +155,7 @@ static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   }
   cfg->path = lua_tostring(L, 6);
   cfg->cpath = lua_tostring(L, 7);
-  loom_sched_reserve(L);
+  sched_reserve(L);
   cfg->preload = NULL;
   cfg->init = NULL;
   cfg->open_core = luaopen_loom_core;
@@ -155,7 +186,7 @@ static int set_executor(lua_State *L, xhandle *x, loom_sched *s,
     return luaL_error(L, "cannot create the executor: %s", err);
   }
   x->sched = s;
-  loom_sched_keep(L, s);
+  sched_keep(L, s);
   lua_settop(L, 5);
   renew_sentinel(L);
   return 1;
