@@ -20,12 +20,12 @@ BUSTED     ?= busted
 
 SRC  = src/alloc.c src/intr.c src/transfer.c src/encode.c src/decode.c \
        src/channel.c src/future.c src/task.c \
-       src/pool.c src/procpool.c src/procworker.c \
+       src/pool.c src/procpool.c src/procspawn.c src/procworker.c \
        src/lua_aux.c src/lua_module.c src/lua_future.c src/lua_executor.c \
        src/lua_channel.c
 # completion queues; loom's Lua modules built into the core
 SRC += src/lua_queue.c src/lua_preload.c
-HDR  = src/loom.h
+HDR  = src/loom.h src/proc.h
 SO  ?= loom/core.so
 
 ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \

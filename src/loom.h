@@ -728,60 +728,6 @@ LOOM_API char *loom_procpool_interpreter(const char *argv0);
 ** status (core._process_worker). */
 LOOM_API int loom_process_worker(lua_Integer ppid, lua_CFunction open_core);
 
-/* Write the n buffers of iov to fd, whatever the partial writes: 0, or
-** -1 (errno set; EAGAIN on a non-blocking fd that is full). */
-struct iovec;
-LOOM_API int loom_pw_write(int fd, struct iovec *iov, int n);
-
-/* The worker's descriptors, as the parent sets them up. */
-enum { LOOM_PW_TASKS = 3, LOOM_PW_RESULTS, LOOM_PW_CTL, LOOM_PW_DOWN,
-       LOOM_PW_UP, LOOM_PW_NFD };
-
-#define LOOM_PW_DEPTH 8       /* tasks in flight to one worker, at most */
-#define LOOM_PW_DATA  4096    /* a payload's offset in its region */
-#define LOOM_PW_INLINE (64 * 1024)   /* a larger payload goes through its
-                                        region (when that is free) */
-#define LOOM_PW_KEEP ((size_t)64 << 20)  /* a larger region is given back
-                                            once its payload is taken */
-
-/* One frame, either way: a header and len bytes of payload, which follow
-** it in the pipe or (LOOM_PW_SHM) sit at LOOM_PW_DATA in the region. */
-typedef struct loom_pwframe {
-  uint64_t len;
-  uint64_t seq;            /* the task's number in this worker process */
-  int32_t nchunk, nseq;    /* a task: the map chunk's shape */
-  uint16_t kind, flags;
-  uint32_t pad;
-} loom_pwframe;
-
-enum {   /* kinds: down, then up */
-  LOOM_PW_SETUP = 1, LOOM_PW_TASK,
-  LOOM_PW_READY, LOOM_PW_INITFAIL,   /* payload: the error text */
-  LOOM_PW_OK, LOOM_PW_FAILED,        /* payload: a message */
-  LOOM_PW_COND,                      /* payload: "kind\0message" */
-  LOOM_PW_PLAIN,                     /* payload: an error text, or none */
-  LOOM_PW_SKIPPED                    /* cancelled before it started */
-};
-#define LOOM_PW_SHM 1
-
-/* The control page.  A task's slot (seq % LOOM_PW_DEPTH) holds seq << 2
-** | state: the parent sets QUEUED before sending it; the worker moves it
-** to STARTED (and sets 'started') when it starts it, unless the parent
-** moved it to CANCELLED first.  up_busy: the up region holds a payload
-** the parent has not copied out yet. */
-enum { LOOM_PW_QUEUED = 1, LOOM_PW_STARTED, LOOM_PW_CANCELLED };
-typedef struct loom_pwctl {
-  struct {
-    atomic_ullong state;
-    atomic_llong started;      /* CLOCK_MONOTONIC, ns */
-  } slot[LOOM_PW_DEPTH];
-  atomic_int up_busy;
-} loom_pwctl;
-
-/* Setup, the first payload down (in the down region): four uint64 (the
-** memory limit, then the lengths of path, cpath and the init message;
-** UINT64_MAX: none), then those bytes. */
-
 /* -------------------------------------------------------------- binding */
 
 /*

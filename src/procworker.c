@@ -31,7 +31,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
-#include "loom.h"
+#include "proc.h"
 
 #define BIG_TASK (1u << 20)   /* bytes of payload */
 
