@@ -181,6 +181,8 @@ int loom_sched_admit(loom_sched *s, loom_future *f, int stopping,
   return 0;
 }
 
+static void wakefd_drain(loom_wakefd *e);
+
 /* --------------------------------------------------------------- waiters */
 
 void loom_waiter_init(loom_waiter *w, int queue) {
@@ -259,7 +261,7 @@ loom_wlink *loom_waiter_pop_locked(loom_waiter *w) {
     w->dhead = l->dnext;
     if (w->dhead == NULL) {
       w->dtail = NULL;
-      if (w->wake) loom_wakefd_drain(w->wake);
+      if (w->wake) wakefd_drain(w->wake);
     }
   }
   return l;
@@ -321,7 +323,7 @@ void loom_wakefd_signal(loom_wakefd *e) {
   (void)n;
 }
 
-void loom_wakefd_drain(loom_wakefd *e) {
+static void wakefd_drain(loom_wakefd *e) {
   ssize_t n;
   if (!e->up) return;
   e->up = 0;

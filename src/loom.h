@@ -1,8 +1,11 @@
 /*
-** loom.h -- the one internal header of loom's C core.
+** loom.h -- the internal header of loom's C core: the map of its parts,
+** each declaration under the file that defines it, the files in the
+** order a reader would open them (src/README.md says more).
 **
-** Parts, from the bottom up:
+** The core, from the bottom up:
 **   alloc.c        the allocator of the core and of worker states
+**   intr.c         interrupt points (how a task is stopped), the clock
 **   transfer.c     the value copier's shared part: errors, messages,
 **                  pins, the raw-array check, the C function map
 **   encode.c       a Lua value -> a self-contained message (loom_msg)
@@ -13,14 +16,19 @@
 **   task.c         running a task inside a state, for every kind of pool
 **   pool.c         the thread pool: a task queue and worker threads
 **   procpool.c     the process pool: worker processes and their manager
+**   procspawn.c    starting a worker process
 **   procworker.c   the main loop of a worker process
-**   lua_module.c   the Lua binding: luaopen_loom_core, the per-state
-**                  module record, module functions
+** The binding (src/lua_*.c), which calls down into the core and never
+** the other way:
+**   lua_module.c   luaopen_loom_core, the per-state module record,
+**                  module functions
+**   lua_aux.c      what the binding files share: checks, blocking
 **   lua_future.c   the binding of futures, waiting, as_completed, map
 **   lua_executor.c the binding of executors
 **   lua_channel.c  the binding of channels
 **   lua_queue.c    the binding of completion queues, and loom.poll
 **   lua_preload.c  loom's Lua modules, built into the core
+** The process pool's three files share proc.h besides.
 **
 ** Only luaopen_loom_core is exported; everything else is hidden.
 */
@@ -31,6 +39,7 @@
 #include <stdint.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "lua.h"
 /* Other Lua versions: one clear error, before any 5.4-only call can warn. */
@@ -67,7 +76,24 @@
 /* Deepest nesting of tables/functions the copier accepts. */
 #define LOOM_MAX_DEPTH 200000
 
-/* ---------------------------------------------------------------- alloc */
+/* A pause inside a spin loop. */
+#if defined(__x86_64__) || defined(__i386__)
+#define loom_cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define loom_cpu_relax() __asm__ __volatile__("yield")
+#else
+#define loom_cpu_relax() ((void)0)
+#endif
+
+/* -------------------------------------------------------------- alloc.c */
+
+/* Test hook: make the k-th next allocation (core or worker state) fail;
+** 0 disarms. Returns the number of allocations counted since arming. */
+LOOM_API void loom_failpoint_arm(long k, int which);
+LOOM_API long loom_failpoint_count(void);
+LOOM_API int loom_failpoint_fired(void);
+#define LOOM_FAIL_LUA  1   /* worker lua_State allocations */
+#define LOOM_FAIL_CORE 2   /* loom_malloc/loom_realloc */
 
 /*
 ** Every malloc of the core goes through these, so that a build with
@@ -76,6 +102,7 @@
 LOOM_API void *loom_malloc(size_t n);
 LOOM_API void *loom_realloc(void *p, size_t n);
 LOOM_API void  loom_free(void *p);
+LOOM_API char *loom_strdup(const char *s);   /* NULL: out of memory */
 /* Double the array *arr of *cap elements of elem bytes (8 at first): 1,
 ** or 0 when out of memory (*arr is then unchanged). */
 LOOM_API int loom_grow(void **arr, int *cap, size_t elem);
@@ -88,15 +115,53 @@ typedef struct loom_memlimit {
 } loom_memlimit;
 LOOM_API void *loom_lua_alloc_limited(void *ud, void *p, size_t osize,
                                       size_t nsize);
-/* Test hook: make the k-th next allocation (core or worker state) fail;
-** 0 disarms. Returns the number of allocations counted since arming. */
-LOOM_API void loom_failpoint_arm(long k, int which);
-LOOM_API long loom_failpoint_count(void);
-LOOM_API int loom_failpoint_fired(void);
-#define LOOM_FAIL_LUA  1   /* worker lua_State allocations */
-#define LOOM_FAIL_CORE 2   /* loom_malloc/loom_realloc */
 
-/* ---------------------------------------------------------- transfer.c */
+/* --------------------------------------------------------------- intr.c */
+
+/* Monotonic deadline 'secs' from now into *ts. */
+LOOM_API void loom_deadline(struct timespec *ts, double secs);
+LOOM_API double loom_now(void);   /* monotonic seconds */
+
+/* The deepest chain of resumed coroutines that a stop follows. */
+#define LOOM_CHAIN_MAX 64
+
+/*
+** The interrupt point of a state that runs tasks: how another thread
+** stops the task that state is running (f:cancel{running = true},
+** task_timeout, shutdown{cancel_running = true}).  gen counts the
+** state's tasks; stop names the one to stop: the running task is to stop
+** while stop == gen.  A blocked loom call of that state publishes the lock
+** and condition it sleeps on (wmu, wcv), so that the stopper wakes it at
+** once.  Lock order: mu before any published wmu.
+*/
+typedef struct loom_intr {
+  pthread_mutex_t mu;      /* guards wmu, wcv and L, and makes stopping
+                              (setting the state's hooks) exclusive */
+  pthread_mutex_t *wmu;    /* what a blocked call sleeps on, or NULL */
+  pthread_cond_t *wcv;
+  atomic_uint gen, stop;   /* written by the owner / by stoppers */
+  lua_State *L;            /* the state's main thread; NULL once closed */
+  /* The coroutines being resumed, innermost last: written by the owner
+  ** without a lock; 'busy' (a stopper reads them) makes the owner wait
+  ** before a popped one can go away. */
+  atomic_uintptr_t chain[LOOM_CHAIN_MAX];
+  atomic_int nchain, busy;
+  int unwinding;           /* the owner's: the stopped task unwinds */
+} loom_intr;
+
+LOOM_API void loom_intr_init(loom_intr *in);
+LOOM_API void loom_intr_destroy(loom_intr *in);
+/* 1 when the running task is to stop (in may be NULL: never). */
+LOOM_API int loom_intr_fired(loom_intr *in);
+/* A blocking call publishes (mu, cv) before it sleeps, and withdraws them
+** after; in may be NULL.  Called without mu held. */
+LOOM_API void loom_intr_enter(loom_intr *in, pthread_mutex_t *mu,
+                              pthread_cond_t *cv);
+LOOM_API void loom_intr_leave(loom_intr *in);
+/* With in->mu held: wake the call blocked in the state, if any. */
+LOOM_API void loom_intr_wake_locked(loom_intr *in);
+
+/* ----------------------------------------------------------- transfer.c */
 
 /*
 ** What the encoder (encode.c) and the decoder (decode.c) share: loom's
@@ -114,8 +179,6 @@ LOOM_API void loom_pusherror(lua_State *L, const char *kind,
 LOOM_API const char *loom_pushtext(lua_State *L, int idx);
 /* Push a loom error table and raise it. */
 LOOM_API int loom_raise(lua_State *L, const char *kind, const char *fmt, ...);
-
-typedef struct loom_chan loom_chan;
 
 /*
 ** The bytecode of one Lua function, shared between threads.  A state
@@ -216,7 +279,6 @@ LOOM_API void loom_msg_free(loom_msg *m);   /* m may be NULL */
 ** slots; psidx is an absolute stack index. */
 typedef struct loom_pinset loom_pinset;
 LOOM_API void loom_pin_incref(loom_pin *p);
-LOOM_API void loom_pin_decref(loom_pin *p);
 /* Push this state's pinset and return it; when there is none yet, make
 ** it if 'make', else push nil and return NULL. */
 LOOM_API loom_pinset *loom_pinset_push(lua_State *L, int make);
@@ -238,13 +300,6 @@ LOOM_API int loom_pins_live(lua_State *L, const char *bytes);
 /* Push a copy of p's bytes.  Raises only a memory error. */
 LOOM_API void loom_pin_push(lua_State *L, loom_pin *p);
 
-/* The frames of a walk (n in use, *cap of 'size' bytes each), doubled
-** into a new userdata that replaces the value at stack index slot (the
-** old frames, when in a userdata); returns the new array.  Raises a
-** memory error. */
-LOOM_API void *loom_frames_grow(lua_State *L, void *f, int n, int *cap,
-                                size_t size, int slot);
-
 /* A userdata owning one reference to a proto (p may be NULL): the
 ** encoder's cache (closure -> box) and the decoder's (proto -> box whose
 ** user value is the loaded function) hold protos this way. */
@@ -252,6 +307,13 @@ typedef struct loom_protobox {
   loom_proto *p;
 } loom_protobox;
 LOOM_API loom_protobox *loom_newprotobox(lua_State *L);
+
+/* The frames of a walk (n in use, *cap of 'size' bytes each), doubled
+** into a new userdata that replaces the value at stack index slot (the
+** old frames, when in a userdata); returns the new array.  Raises a
+** memory error. */
+LOOM_API void *loom_frames_grow(lua_State *L, void *f, int n, int *cap,
+                                size_t size, int slot);
 
 /* Raw arrays: the array part of a table, read and written in place (see
 ** transfer.c for when). */
@@ -281,7 +343,7 @@ LOOM_API void loom_cfuncs_scan(lua_State *L, int map);
 ** in the registry (LOOM_CFUNCS). */
 LOOM_API void loom_cfuncs_init(lua_State *L);
 
-/* ------------------------------------------------------------ encode.c */
+/* ------------------------------------------------------------- encode.c */
 
 /* Where a value being encoded sits, for error messages. */
 typedef enum {
@@ -331,7 +393,7 @@ LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
                                     loom_place place, int argbase, int refs,
                                     int list, lua_Integer i0, int nseq);
 
-/* ------------------------------------------------------------ decode.c */
+/* ------------------------------------------------------------- decode.c */
 
 /*
 ** Decode a message of len bytes at p, pushing its values; returns their
@@ -342,47 +404,9 @@ LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
 LOOM_API int loom_decode(lua_State *L, const unsigned char *p, size_t len,
                          int functions, const loom_msg *m);
 
-/* ------------------------------------------------------ interrupt points */
+/* ------------------------------------------------------------ channel.c */
 
-/*
-** The interrupt point of a state that runs tasks: how another thread
-** stops the task that state is running (f:cancel{running = true},
-** task_timeout, shutdown{cancel_running = true}).  gen counts the
-** state's tasks; stop names the one to stop: the running task is to stop
-** while stop == gen.  A blocked loom call of that state publishes the lock
-** and condition it sleeps on (wmu, wcv), so that the stopper wakes it at
-** once.  Lock order: mu before any published wmu.
-*/
-typedef struct loom_intr {
-  pthread_mutex_t mu;      /* guards wmu, wcv and L, and makes stopping
-                              (setting the state's hooks) exclusive */
-  pthread_mutex_t *wmu;    /* what a blocked call sleeps on, or NULL */
-  pthread_cond_t *wcv;
-  atomic_uint gen, stop;   /* written by the owner / by stoppers */
-  lua_State *L;            /* the state's main thread; NULL once closed */
-  /* The coroutines being resumed, innermost last: written by the owner
-  ** without a lock; 'busy' (a stopper reads them) makes the owner wait
-  ** before a popped one can go away. */
-  atomic_uintptr_t chain[64];
-  atomic_int nchain, busy;
-  int unwinding;           /* the owner's: the stopped task unwinds */
-} loom_intr;
-
-LOOM_API void loom_intr_init(loom_intr *in);
-LOOM_API void loom_intr_destroy(loom_intr *in);
-/* 1 when the running task is to stop (in may be NULL: never). */
-LOOM_API int loom_intr_fired(loom_intr *in);
-/* A blocking call publishes (mu, cv) before it sleeps, and withdraws them
-** after; in may be NULL.  Called without mu held. */
-LOOM_API void loom_intr_enter(loom_intr *in, pthread_mutex_t *mu,
-                              pthread_cond_t *cv);
-LOOM_API void loom_intr_leave(loom_intr *in);
-/* With in->mu held: wake the call blocked in the state, if any. */
-LOOM_API void loom_intr_wake_locked(loom_intr *in);
-
-/* -------------------------------------------------------------- channel */
-
-struct loom_chan {
+typedef struct loom_chan {
   atomic_int refs;
   pthread_mutex_t mu;      /* guards everything below */
   pthread_cond_t can_pop;  /* signalled on push and on close */
@@ -391,7 +415,7 @@ struct loom_chan {
   size_t head, count, size;
   size_t capacity;         /* 0 = unbounded */
   int closed;
-};
+} loom_chan;
 
 LOOM_API loom_chan *loom_chan_new(size_t capacity);
 LOOM_API void loom_chan_incref(loom_chan *c);
@@ -413,20 +437,20 @@ typedef struct loom_chandle {
   loom_chan *c;
 } loom_chandle;
 
-/* Push a channel handle (a new userdata holding a reference). */
-LOOM_API void loom_pushchannel(lua_State *L, loom_chan *c);
 /* The channel of the handle at idx, or NULL. */
 LOOM_API loom_chan *loom_tochannel(lua_State *L, int idx);
+/* Push a channel handle (a new userdata holding a reference). */
+LOOM_API void loom_pushchannel(lua_State *L, loom_chan *c);
 
-/* ---------------------------------------------------- scheds, futures */
+/* ------------------------------------------------------------- future.c */
 
 typedef struct loom_sched loom_sched;
 typedef struct loom_future loom_future;
 typedef struct loom_waiter loom_waiter;
 
 /*
-** A scheduler: a kind of pool (threads; later processes) as the futures
-** and the binding see it.  Each kind embeds a loom_sched as the first
+** A scheduler: a kind of pool (threads, processes) as the futures and
+** the binding see it.  Each kind embeds a loom_sched as the first
 ** member of its own struct and implements the ops; nothing above this
 ** line knows threads from processes.
 */
@@ -562,25 +586,12 @@ LOOM_API void loom_future_unwatch(loom_future *f, loom_wlink *l);
 ** 0 not (yet). */
 LOOM_API int loom_waiter_wait(loom_waiter *w, const struct timespec *deadline,
                               loom_intr *in);
+/* With w->mu held: append the fired link l to w's done list (signalling
+** w->wake when the list was empty). */
+LOOM_API void loom_waiter_push_locked(loom_waiter *w, loom_wlink *l);
 /* The next link of the done list (with w->mu held), or NULL; a waiter's
 ** wake descriptor is drained when its list becomes empty. */
 LOOM_API loom_wlink *loom_waiter_pop_locked(loom_waiter *w);
-
-/* A pause inside a spin loop. */
-#if defined(__x86_64__) || defined(__i386__)
-#define loom_cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define loom_cpu_relax() __asm__ __volatile__("yield")
-#else
-#define loom_cpu_relax() ((void)0)
-#endif
-
-/* Monotonic deadline 'secs' from now into *ts. */
-LOOM_API void loom_deadline(struct timespec *ts, double secs);
-LOOM_API double loom_now(void);   /* monotonic seconds */
-LOOM_API char *loom_strdup(const char *s);
-
-/* ------------------------------------------------- event loops (wake) */
 
 /*
 ** A descriptor that an event loop (luv, cqueues, a C host's poll) watches
@@ -598,16 +609,11 @@ typedef struct loom_wakefd {
 LOOM_API int loom_wakefd_open(loom_wakefd *e);
 LOOM_API void loom_wakefd_close(loom_wakefd *e);
 LOOM_API void loom_wakefd_signal(loom_wakefd *e);   /* make it readable */
-LOOM_API void loom_wakefd_drain(loom_wakefd *e);    /* and not readable */
-
-/* With w->mu held: append the fired link l to w's done list (signalling
-** w->wake when the list was empty). */
-LOOM_API void loom_waiter_push_locked(loom_waiter *w, loom_wlink *l);
 /* The descriptor of f (made on first call): readable once f is done.
 ** -1 with errno set when it cannot be made.  Only f's owner calls it. */
 LOOM_API int loom_future_pollfd(loom_future *f);
 
-/* ----------------------------------------------------------------- task */
+/* --------------------------------------------------------------- task.c */
 
 /*
 ** Running a task inside a lua_State: decode the function and arguments,
@@ -616,31 +622,10 @@ LOOM_API int loom_future_pollfd(loom_future *f);
 ** chunk.  Every kind of worker runs its tasks here.
 */
 
-/* The one exported symbol (lua_module.c). */
-#if defined(__GNUC__)
-__attribute__((visibility("default")))
-#endif
-int luaopen_loom_core(lua_State *L);
-
 /* f->xflags: the results go to another process, so they are encoded
 ** self-contained (LOOM_REFS_PROCESS); f->task is the caller's, not freed. */
 #define LOOM_TASK_SELFCONTAINED 1
 #define LOOM_TASK_BORROWED      2
-
-/* Set up a fresh worker state: libraries, loom.core (opened by
-** open_core, the binding's luaopen_loom_core), os.exit, print, and
-** coroutine.resume/wrap that a stop can follow.  May raise.  Stack:
-** unchanged. */
-LOOM_API void loom_open_worker_state(lua_State *L, lua_CFunction open_core);
-
-/* Set up worker state L: libraries, loom.core (open_core),
-** package.path/cpath (may be NULL) and init (function and init_args, may
-** be NULL).  With an interrupt point (in, may be NULL), the state's tasks
-** can be stopped (loom_task_stop).  Protected inside: returns NULL, or
-** the error text (owned) when something failed. */
-LOOM_API char *loom_task_setup(lua_State *L, lua_CFunction open_core,
-                               const char *path, const char *cpath,
-                               const loom_msg *init, loom_intr *in);
 
 /* A map chunk's call that did not return one value has its results
 ** packed as {n = count, ...} in the chunk's list (see run_chunk): replace
@@ -662,9 +647,20 @@ LOOM_API void loom_task_stop(loom_intr *in, unsigned gen);
 ** remove the hook again. */
 LOOM_API void loom_task_unstop(loom_intr *in);
 
-/* ----------------------------------------------------------------- pool */
+/* Set up a fresh worker state: libraries, loom.core (opened by
+** open_core, the binding's luaopen_loom_core), os.exit, print, and
+** coroutine.resume/wrap that a stop can follow.  May raise.  Stack:
+** unchanged. */
+LOOM_API void loom_open_worker_state(lua_State *L, lua_CFunction open_core);
 
-typedef struct loom_pool loom_pool;
+/* Set up worker state L: libraries, loom.core (open_core),
+** package.path/cpath (may be NULL) and init (function and init_args, may
+** be NULL).  With an interrupt point (in, may be NULL), the state's tasks
+** can be stopped (loom_task_stop).  Protected inside: returns NULL, or
+** the error text (owned) when something failed. */
+LOOM_API char *loom_task_setup(lua_State *L, lua_CFunction open_core,
+                               const char *path, const char *cpath,
+                               const loom_msg *init, loom_intr *in);
 
 /* A host's C module loaders: the creator's package.preload entries that
 ** are C functions without upvalues, for thread workers (a function
@@ -680,6 +676,9 @@ LOOM_API loom_preload *loom_preload_collect(lua_State *L, int idx);
 /* Put them in the package.preload of a fresh state L, before its
 ** libraries are opened: NULL, or the error text (owned). */
 LOOM_API char *loom_task_preload(lua_State *L, const loom_preload *pl);
+
+/* --------------------------------------------------------------- pool.c */
+
 
 typedef struct loom_pool_config {
   int workers;
@@ -697,16 +696,14 @@ typedef struct loom_pool_config {
 /* A thread pool with its workers started; NULL with *err set on error. */
 LOOM_API loom_sched *loom_pool_new(loom_pool_config *cfg, const char **err);
 
-/* --------------------------------------------------------- process pool */
+/* ----------------------------------------------------------- procpool.c */
 
 /*
-** procpool.c is the parent side of a pool of worker processes (it
-** implements the sched ops); procworker.c is what runs in each worker
-** process (core._process_worker).  Between them: two pipes per worker
-** (tasks down, results up), each message framed by a loom_pwframe, and
-** three shared memory files: a control page (loom_pwctl) and one region
-** each way for payloads too large for the pipe.  Every message is
-** self-contained (LOOM_REFS_PROCESS).
+** A pool of worker processes: procpool.c is the parent's side (it
+** implements the sched ops), procspawn.c starts a worker process, and
+** procworker.c is what runs in each (core._process_worker).  What these
+** three share (the protocol between parent and worker, and the parent's
+** structs) is in proc.h, included by them alone.
 */
 typedef struct loom_procpool_config {
   loom_pool_config base;   /* name is not used */
@@ -718,21 +715,35 @@ typedef struct loom_procpool_config {
 ** set when even that cannot be made. */
 LOOM_API loom_sched *loom_procpool_new(loom_procpool_config *cfg,
                                        const char **err);
+
+/* ---------------------------------------------------------- procspawn.c */
+
 /* The default interpreter (owned): the running executable when argv0
 ** (the lowest arg[] of the creating state, may be NULL) names it, so that
 ** a standalone interpreter runs its own kind of worker, and always in a
 ** sanitizer build; else "lua5.4", found in PATH. */
 LOOM_API char *loom_procpool_interpreter(const char *argv0);
+
+/* --------------------------------------------------------- procworker.c */
+
 /* The main loop of a worker process whose parent is ppid, opening
 ** loom.core in its state with open_core; returns the process's exit
 ** status (core._process_worker). */
 LOOM_API int loom_process_worker(lua_Integer ppid, lua_CFunction open_core);
 
-/* -------------------------------------------------------------- binding */
+/*
+** ======================================================================
+** The Lua binding (src/lua_*.c) from here on: it calls down into the
+** core above, and the core never calls it.
+** ======================================================================
+*/
+
+/* --------------------------------------------------------- lua_module.c */
 
 /*
-** What the binding files share.  Per state that loads the module there is
-** one module record (a userdata, upvalue 1 of every binding function).
+** Per state that loads the module there is one module record (a userdata,
+** upvalue 1 of every binding function).  The core sets two of its fields:
+** intr (task.c, in a worker state) and pinned (transfer.c).
 */
 #define LOOM_MODULE "loom.Module"
 
@@ -756,7 +767,13 @@ typedef struct loom_mstate {
 enum { LOOM_UV_CALLBACKS = 1, LOOM_UV_FUTURE, LOOM_UV_EXECUTOR,
        LOOM_UV_CHANNEL, LOOM_UV_POKE, LOOM_UV_N = LOOM_UV_POKE };
 
-typedef struct loom_fhandle { loom_future *f; } loom_fhandle;
+/* The one exported symbol. */
+#if defined(__GNUC__)
+__attribute__((visibility("default")))
+#endif
+int luaopen_loom_core(lua_State *L);
+
+/* ------------------------------------------------------------ lua_aux.c */
 
 /* The userdata at idx if its metatable is user value uv, else NULL. */
 LOOM_API void *loom_fastudata(lua_State *L, int idx, int uv);
@@ -766,13 +783,8 @@ LOOM_API void *loom_checkud(lua_State *L, int idx, int uv, const char *tname);
 LOOM_API void loom_setmeta(lua_State *L, int uv);
 /* Optional timeout at idx: < 0 forever (absent/nil), else seconds. */
 LOOM_API double loom_opttimeout(lua_State *L, int idx);
-/* Push a box that owns a message while Lua code could raise (set *box;
-** the box frees it when collected unless it is set back to NULL). */
-LOOM_API loom_msg **loom_msgbox(lua_State *L);
 /* Report the error value at the top through warn, then pop it. */
 LOOM_API void loom_warn_error(lua_State *L, const char *what);
-/* Register the metatables of lua_aux.c (loom.MsgBox). */
-LOOM_API void loom_open_aux(lua_State *L);
 
 /*
 ** Blocking in the binding.  Every loom call that blocks waits in slices of
@@ -803,35 +815,50 @@ LOOM_API int loom_block_interrupted(loom_block *b);
 ** when it returns, the wait goes on from here. */
 LOOM_API void loom_block_poke(loom_block *b);
 
-/* lua_future.c */
-/* The next link on the done list of queueing waiter w, waiting up to t
-** seconds (< 0: forever) as every blocking call does; NULL if none came. */
-LOOM_API loom_wlink *loom_waiter_next(lua_State *L, loom_waiter *w, double t);
-LOOM_API loom_future *loom_checkfuture(lua_State *L, int idx);
-/* Run the done callbacks of the futures of this state that are done;
-** returns how many callbacks ran. */
-LOOM_API int loom_run_callbacks(lua_State *L);
-LOOM_API void loom_open_future(lua_State *L, int ms, int lib);
-
-/* lua_executor.c */
-LOOM_API void loom_open_executor(lua_State *L, int ms, int lib);
-
-/* lua_channel.c */
-LOOM_API void loom_open_channel(lua_State *L, int ms, int lib);
-
-/* lua_queue.c: completion queues, loom.poll */
-LOOM_API void loom_open_queue(lua_State *L, int ms, int lib);
-
-/* lua_preload.c: package.preload entries for loom's own Lua modules,
-** built into the core (for hosts that link it in, and worker states) */
-LOOM_API void loom_open_preload(lua_State *L, int lib);
-/* Close the channels this state made (at its end). */
-LOOM_API void loom_close_channels(loom_mstate *ms);
-
+/* Push a box that owns a message while Lua code could raise (set *box;
+** the box frees it when collected unless it is set back to NULL). */
+LOOM_API loom_msg **loom_msgbox(lua_State *L);
 /* Make metatable 'name' with methods, __gc and __tostring, each function
 ** with the module record (at stack index ms) as upvalue 1. */
 LOOM_API void loom_newclass(lua_State *L, const char *name,
                             const luaL_Reg *methods, lua_CFunction gc,
                             lua_CFunction tostr, int ms);
+
+/* Register the metatables of lua_aux.c (loom.MsgBox). */
+LOOM_API void loom_open_aux(lua_State *L);
+
+/* --------------------------------------------------------- lua_future.c */
+
+typedef struct loom_fhandle { loom_future *f; } loom_fhandle;
+LOOM_API loom_future *loom_checkfuture(lua_State *L, int idx);
+/* Run the done callbacks of the futures of this state that are done;
+** returns how many callbacks ran. */
+LOOM_API int loom_run_callbacks(lua_State *L);
+/* The next link on the done list of queueing waiter w, waiting up to t
+** seconds (< 0: forever) as every blocking call does; NULL if none came. */
+LOOM_API loom_wlink *loom_waiter_next(lua_State *L, loom_waiter *w, double t);
+LOOM_API void loom_open_future(lua_State *L, int ms, int lib);
+
+/* ------------------------------------------------------- lua_executor.c */
+
+LOOM_API void loom_open_executor(lua_State *L, int ms, int lib);
+
+/* -------------------------------------------------------- lua_channel.c */
+
+/* Close the channels this state made (at its end). */
+LOOM_API void loom_close_channels(loom_mstate *ms);
+LOOM_API void loom_open_channel(lua_State *L, int ms, int lib);
+
+/* ---------------------------------------------------------- lua_queue.c */
+
+/* Completion queues, and loom.poll. */
+LOOM_API void loom_open_queue(lua_State *L, int ms, int lib);
+
+/* -------------------------------------------------------- lua_preload.c */
+
+/* package.preload entries for loom's own Lua modules, built into the
+** core (for hosts that link it in, and worker states), and
+** core._builtin. */
+LOOM_API void loom_open_preload(lua_State *L, int lib);
 
 #endif

@@ -33,6 +33,8 @@
 #define WORKER_STACK (4u << 20)
 #define WORKER_SPIN 4000   /* pauses: some tens of microseconds */
 
+typedef struct loom_pool loom_pool;
+
 typedef struct worker {
   loom_pool *pool;
   int index;

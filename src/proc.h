@@ -15,7 +15,7 @@
 
 #include "loom.h"
 
-/* ------------------------------------------------------------ protocol */
+/* ------------------------------------------------------------- protocol */
 
 /*
 ** Between a parent and each worker: two pipes (tasks down, results up),

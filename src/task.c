@@ -444,7 +444,7 @@ static int tracked_resume(lua_State *L, lua_State *co, int narg,
                           int *nres) {
   loom_intr *in = intr_of(L);
   int st, n = 0;
-  if (in != NULL && (n = atomic_load(&in->nchain)) < 64) {
+  if (in != NULL && (n = atomic_load(&in->nchain)) < LOOM_CHAIN_MAX) {
     atomic_store(&in->chain[n], (uintptr_t)co);
     atomic_store(&in->nchain, n + 1);
     if (atomic_load(&in->stop) == atomic_load(&in->gen)) sethook_stop(co);

@@ -76,6 +76,8 @@ void loom_proto_decref(loom_proto *p) {
     loom_free(p);
 }
 
+static void pin_decref(loom_pin *p);
+
 void loom_msg_unref(loom_msg *m) {
   loom_ref *r = loom_msg_refs(m);
   int i;
@@ -83,7 +85,7 @@ void loom_msg_unref(loom_msg *m) {
     if (r[i].kind == LOOM_REF_CHAN) loom_chan_decref((loom_chan *)r[i].p);
     else if (r[i].kind == LOOM_REF_PROTO)
       loom_proto_decref((loom_proto *)r[i].p);
-    else loom_pin_decref((loom_pin *)r[i].p);
+    else pin_decref((loom_pin *)r[i].p);
   }
   m->nrefs = 0;
 }
@@ -145,7 +147,7 @@ void loom_pin_incref(loom_pin *p) {
   atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
 }
 
-void loom_pin_decref(loom_pin *p) {
+static void pin_decref(loom_pin *p) {
   if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) {
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->idle);
@@ -188,7 +190,7 @@ static void pins_sweep(lua_State *L, int psidx, int all) {
     lua_pushlightuserdata(L, p);
     lua_pushnil(L);
     lua_rawset(L, anchors);
-    loom_pin_decref(p);
+    pin_decref(p);
   }
   ps->n = j;
   ps->mark = 2 * j;
