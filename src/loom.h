@@ -841,6 +841,15 @@ LOOM_API void loom_open_future(lua_State *L, int ms, int lib);
 
 /* ------------------------------------------------------- lua_executor.c */
 
+/*
+** The options of executors (and of shutdown) are checked on the Lua side
+** only, by loom/init.lua, once for every kind of executor: one rule and
+** one message per mistake.  The C side trusts what it gets.  The one
+** limit both sides know, the most workers, is this constant, which the
+** Lua side reads as core._WORKERS_MAX.
+*/
+#define LOOM_WORKERS_MAX 4096
+
 LOOM_API void loom_open_executor(lua_State *L, int ms, int lib);
 
 /* -------------------------------------------------------- lua_channel.c */

@@ -8,6 +8,7 @@
 ** could raise, so a Lua error never leaks a pool.
 */
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #include "loom.h"
@@ -88,28 +89,33 @@ static void sched_keep(lua_State *L, loom_sched *s) {
   ms->scheds[ms->nscheds++] = s;   /* room was reserved */
 }
 
-/* Field k of the options table at 1: an integer, or def when absent. */
+/*
+** Options.  Every option of every kind of executor (and of shutdown) is
+** checked once, by loom/init.lua: one rule and one message per mistake,
+** in the same words for every kind.  The C side trusts what it checked
+** and reads it as it is: a value of another type reads as absent.  The
+** one thing checked again is what would be undefined behaviour here (a
+** count of workers past LOOM_WORKERS_MAX), for a caller of loom.core
+** that went around loom, which gets one plain error for it.
+*/
+
+/* Field k of the options table at 1: an integer, or def. */
 static lua_Integer optint(lua_State *L, const char *k, lua_Integer def) {
-  lua_Integer v = def;
-  if (lua_getfield(L, 1, k) != LUA_TNIL) {
-    int ok;
-    v = lua_tointegerx(L, -1, &ok);
-    if (!ok) luaL_error(L, "bad option '%s' (integer expected)", k);
-  }
+  lua_Integer v;
+  int ok;
+  lua_getfield(L, 1, k);
+  v = lua_tointegerx(L, -1, &ok);
   lua_pop(L, 1);
-  return v;
+  return ok ? v : def;
 }
 
-/* Field k of the options table at 1: a number, or def when absent. */
-static lua_Number optnum(lua_State *L, const char *k, lua_Number def) {
-  lua_Number v = def;
-  if (lua_getfield(L, 1, k) != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TNUMBER)
-      luaL_error(L, "bad option '%s' (number expected)", k);
-    v = lua_tonumber(L, -1);
-  }
+/* Field k of the options table at 1: a number > 0 (math.huge and NaN
+** read as 0: no limit). */
+static double optlimit(lua_State *L, const char *k) {
+  lua_Number v = 0;
+  if (lua_getfield(L, 1, k) == LUA_TNUMBER) v = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  return v;
+  return v > 0 && v < HUGE_VAL ? (double)v : 0;
 }
 
 /*
@@ -122,20 +128,20 @@ static lua_Number optnum(lua_State *L, const char *k, lua_Number def) {
 */
 static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   xhandle *x;
-  lua_Integer n;
+  lua_Integer n, mem;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   n = optint(L, "workers", 0);
-  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "workers must be in 1..4096");
+  if (n < 1 || n > LOOM_WORKERS_MAX)
+    luaL_error(L, "loom.core: options not checked by loom (workers)");
   cfg->workers = (int)n;
-  cfg->task_timeout = optnum(L, "task_timeout", 0);
-  cfg->memory_limit = (size_t)optint(L, "memory_limit", 0);
+  cfg->task_timeout = optlimit(L, "task_timeout");
+  mem = optint(L, "memory_limit", 0);
+  cfg->memory_limit = mem > 0 ? (size_t)mem : 0;
   lua_getfield(L, 1, "name");        /* 2 */
-  cfg->name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
+  cfg->name = lua_tostring(L, 2);
   lua_getfield(L, 1, "init");        /* 3 */
   lua_getfield(L, 1, "init_args");   /* 4 */
-  if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
   x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
   x->sched = NULL;
   x->shut = 0;
@@ -159,14 +165,12 @@ static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   cfg->preload = NULL;
   cfg->init = NULL;
   cfg->open_core = luaopen_loom_core;
-  if (!lua_isnil(L, 3)) {
+  if (lua_isfunction(L, 3)) {
     int k, na = 0, base = lua_gettop(L);
     lua_pushvalue(L, 3);
-    if (!lua_isnil(L, 4)) {
+    if (lua_istable(L, 4)) {   /* its length is at most MAX_INIT_ARGS */
       lua_Integer len = luaL_len(L, 4);
-      luaL_argcheck(L, len >= 0 && len <= 100000, 4,
-                    "init_args has an unreasonable length");
-      na = (int)len;
+      na = len > 0 && len < INT_MAX ? (int)len : 0;
       luaL_checkstack(L, na, "too many init_args");
       for (k = 1; k <= na; k++) lua_geti(L, 4, k);
     }
@@ -231,19 +235,12 @@ static int process_executor_new(lua_State *L) {
   char *dflt = NULL;
   xhandle *x;
   loom_sched *s;
-  double t;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  t = optnum(L, "task_timeout", 0);
-  luaL_argcheck(L, t >= 0 && t <= 1e9, 1,
-                "task_timeout must be a number of seconds > 0");
-  luaL_argcheck(L, optint(L, "memory_limit", 0) >= 0, 1,
-                "memory_limit must be a number of bytes > 0");
-  cfg.max_tasks = (long)optint(L, "max_tasks_per_child", 0);
-  luaL_argcheck(L, cfg.max_tasks >= 0, 1,
-                "max_tasks_per_child must be an integer >= 1");
+  lua_Integer max;
   x = new_executor(L, &cfg.base, LOOM_REFS_PROCESS);
+  max = optint(L, "max_tasks_per_child", 0);
+  cfg.max_tasks = max > 0 && max <= LONG_MAX ? (long)max : 0;
   lua_getfield(L, 1, "interpreter");   /* 8 */
-  if (lua_isnil(L, 8)) {   /* nothing below raises until dflt is freed */
+  if (!lua_isstring(L, 8)) {   /* nothing below raises until dflt is freed */
     dflt = loom_procpool_interpreter(interpreter_arg(L));
     cfg.interpreter = dflt;
   }
@@ -351,14 +348,11 @@ static int executor_map_task(lua_State *L) {
   return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, (int)nseq);
 }
 
+/* Field k of the options table at idx (checked by loom/init.lua): a
+** boolean, or def when absent. */
 static int optfield(lua_State *L, int idx, const char *k, int def) {
   int r = def;
-  if (lua_getfield(L, idx, k) != LUA_TNIL) {
-    if (!lua_isboolean(L, -1))
-      return luaL_error(L, "bad option '%s' to 'shutdown' (boolean "
-                        "expected, got %s)", k, luaL_typename(L, -1));
-    r = lua_toboolean(L, -1);
-  }
+  if (lua_getfield(L, idx, k) == LUA_TBOOLEAN) r = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return r;
 }
@@ -389,8 +383,7 @@ static void do_shutdown(lua_State *L, xhandle *x, int wait, int cancel,
 static int executor_shutdown(lua_State *L) {
   xhandle *x = checkexecutor(L, 1);
   int wait = 1, cancel = 0, running = 0;
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
+  if (lua_istable(L, 2)) {
     wait = optfield(L, 2, "wait", 1);
     cancel = optfield(L, 2, "cancel_futures", 0);
     running = optfield(L, 2, "cancel_running", 0);
@@ -483,4 +476,6 @@ void loom_open_executor(lua_State *L, int ms, int lib) {
   lua_pushvalue(L, ms);
   luaL_setfuncs(L, executor_funcs, 1);
   lua_pop(L, 1);
+  lua_pushinteger(L, LOOM_WORKERS_MAX);
+  lua_setfield(L, lib, "_WORKERS_MAX");
 }

@@ -741,7 +741,10 @@ static void *manager_main(void *arg) {
     if (p->stopping && p->q.head == NULL)
       for (i = 0; i < p->nworkers; i++) close_tasks_locked(&p->w[i]);
     next = check_deadlines_locked(p);
-    timeout = next < 0 ? -1 : (int)(next * 1000) + 1;
+    /* poll counts milliseconds in an int: a deadline further off (a
+    ** task_timeout of weeks or more) is looked at again then */
+    timeout = next < 0 ? -1 : next >= INT_MAX / 1000 ? INT_MAX
+                                                     : (int)(next * 1000) + 1;
     p->fds[0].fd = p->wakefd;
     p->fds[0].events = POLLIN;
     for (i = 0; i < p->nworkers; i++) {
