@@ -69,14 +69,15 @@ static int sleep_on(loom_chan *c, pthread_cond_t *cv,
   return !loom_intr_fired(in);
 }
 
-int loom_chan_push(loom_chan *c, loom_msg *m,
-                   const struct timespec *deadline, loom_intr *in) {
+loom_push_result loom_chan_push(loom_chan *c, loom_msg *m,
+                                const struct timespec *deadline,
+                                loom_intr *in) {
   int entered = 0;
   pthread_mutex_lock(&c->mu);
   while (!c->closed && c->capacity && c->count >= c->capacity) {
     if (!entered) {   /* publish the condition only when about to sleep */
       pthread_mutex_unlock(&c->mu);
-      if (!before(deadline)) return 2;
+      if (!before(deadline)) return LOOM_PUSH_FULL;
       loom_intr_enter(in, &c->mu, &c->can_push);
       entered = 1;
       pthread_mutex_lock(&c->mu);
@@ -85,13 +86,13 @@ int loom_chan_push(loom_chan *c, loom_msg *m,
     if (!sleep_on(c, &c->can_push, deadline, in)) {
       pthread_mutex_unlock(&c->mu);
       loom_intr_leave(in);
-      return 2;
+      return LOOM_PUSH_FULL;
     }
   }
   if (c->closed) {
     pthread_mutex_unlock(&c->mu);
     if (entered) loom_intr_leave(in);
-    return 1;
+    return LOOM_PUSH_CLOSED;
   }
   if (c->count == c->size) {  /* grow the ring, keeping order */
     size_t nsize = c->size ? c->size * 2 : 8, i;
@@ -99,7 +100,7 @@ int loom_chan_push(loom_chan *c, loom_msg *m,
     if (r == NULL) {
       pthread_mutex_unlock(&c->mu);
       if (entered) loom_intr_leave(in);
-      return -1;
+      return LOOM_PUSH_NOMEM;
     }
     for (i = 0; i < c->count; i++) r[i] = c->ring[(c->head + i) % c->size];
     loom_free(c->ring);
@@ -112,29 +113,30 @@ int loom_chan_push(loom_chan *c, loom_msg *m,
   pthread_cond_signal(&c->can_pop);
   pthread_mutex_unlock(&c->mu);
   if (entered) loom_intr_leave(in);
-  return 0;
+  return LOOM_PUSH_OK;
 }
 
-int loom_chan_pop(loom_chan *c, const struct timespec *deadline,
-                  loom_intr *in, loom_msg **out) {
-  int r = 0, entered = 0;
+loom_pop_result loom_chan_pop(loom_chan *c, const struct timespec *deadline,
+                              loom_intr *in, loom_msg **out) {
+  loom_pop_result r = LOOM_POP_OK;
+  int entered = 0;
   pthread_mutex_lock(&c->mu);
   while (c->count == 0 && !c->closed) {
     if (!entered) {   /* publish the condition only when about to sleep */
       pthread_mutex_unlock(&c->mu);
-      if (!before(deadline)) return 2;
+      if (!before(deadline)) return LOOM_POP_EMPTY;
       loom_intr_enter(in, &c->mu, &c->can_pop);
       entered = 1;
       pthread_mutex_lock(&c->mu);
       continue;
     }
     if (!sleep_on(c, &c->can_pop, deadline, in)) {
-      if (c->count == 0 && !c->closed) r = 2;
+      if (c->count == 0 && !c->closed) r = LOOM_POP_EMPTY;
       break;
     }
   }
-  if (r == 0) {
-    if (c->count == 0) r = 1;  /* closed and empty */
+  if (r == LOOM_POP_OK) {
+    if (c->count == 0) r = LOOM_POP_CLOSED;  /* and empty */
     else {
       *out = c->ring[c->head];
       c->head = (c->head + 1) % c->size;

@@ -24,6 +24,9 @@ static const char SCRATCH_KEY = 's';
 ** lets it go. */
 #define SCRATCH_BIG (64 * 1024)
 
+#define STRING_(x) #x
+#define STRING(x) STRING_(x)   /* a number's macro as a string literal */
+
 /*
 ** The scratch encoder: one per state, in the registry.  It owns the
 ** message being written, so a Lua error in the middle frees nothing by
@@ -339,7 +342,7 @@ static int e_error(encoder *e, const char *what) {
 
 static eframe *e_push(encoder *e) {
   if (e->nf >= LOOM_MAX_DEPTH)
-    e_error(e, "nesting deeper than 200000 levels");
+    e_error(e, "nesting deeper than " STRING(LOOM_MAX_DEPTH) " levels");
   if (e->nf == e->capf)
     e->f = (eframe *)loom_frames_grow(e->L, e->f, e->nf, &e->capf,
                                       sizeof(eframe), e->base + S_FRAMES);
@@ -766,10 +769,8 @@ static void e_run(encoder *e) {
   }
 }
 
-/* loom_encode and loom_encode_mode (see loom.h). */
-static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
-                        int argbase, int refs_ok, int list, lua_Integer i0,
-                        int nseq) {
+loom_msg *loom_encode_with(lua_State *L, int first, int n,
+                           const loom_encode_opts *o) {
   encoder e;
   scratch *s;
   loom_msg *m;
@@ -814,12 +815,12 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
   e.s = s;
   e.have = 0;
   e.nobjs = 0;
-  e.refs_ok = refs_ok == LOOM_REFS_THREADS;
-  e.xproc = refs_ok == LOOM_REFS_PROCESS;
-  e.place = place;
-  e.argbase = argbase;
-  e.i0 = i0;
-  e.nseq = nseq > 0 ? nseq : 1;
+  e.refs_ok = o->refs == LOOM_REFS_THREADS;
+  e.xproc = o->refs == LOOM_REFS_PROCESS;
+  e.place = o->place;
+  e.argbase = o->argbase;
+  e.i0 = o->i0;
+  e.nseq = o->nseq > 0 ? o->nseq : 1;
   e.root = 0;
   e.f = e.inl;
   e.nf = 0;
@@ -827,7 +828,7 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
   e_bytes(&e, LOOM_MAGIC, 4);
   e_byte(&e, LOOM_VERSION);
   e_bytes(&e, "\0\0\0\0", 4);      /* nobjs, patched below */
-  if (list) {   /* one value: an array table that was never built */
+  if (o->list) {   /* one value: an array table that was never built */
     e_varint(&e, 1);
     unsigned char sizes[8] = { 0 };   /* narr = n, nhash = 0 */
     put_u32(sizes, (uint32_t)n);
@@ -846,7 +847,7 @@ static loom_msg *encode(lua_State *L, int first, int n, loom_place place,
     e_item(&e);
     e_run(&e);
   }
-  if (list) e_byte(&e, 0);   /* no metatable */
+  if (o->list) e_byte(&e, 0);   /* no metatable */
   m = s->m;
   put_u32(m->data + 5, (uint32_t)e.nobjs);
   if (m->len <= SCRATCH_KEEP && m->refs == NULL) {
@@ -903,12 +904,11 @@ void loom_msg_recycle(lua_State *L, loom_msg *m) {
 }
 
 loom_msg *loom_encode(lua_State *L, int first, int n, loom_place place,
-                      int argbase, int refs_ok) {
-  return encode(L, first, n, place, argbase, refs_ok, 0, 0, 0);
-}
-
-loom_msg *loom_encode_mode(lua_State *L, int first, int n, loom_place place,
-                           int argbase, int refs, int list, lua_Integer i0,
-                           int nseq) {
-  return encode(L, first, n, place, argbase, refs, list, i0, nseq);
+                      int argbase, int refs) {
+  loom_encode_opts o;
+  memset(&o, 0, sizeof o);
+  o.place = place;
+  o.argbase = argbase;
+  o.refs = refs;
+  return loom_encode_with(L, first, n, &o);
 }

@@ -369,29 +369,39 @@ typedef enum {
 ** outlives its task, and would count against the limit meanwhile). */
 #define LOOM_PIN_MIN (32 * 1024)
 
+/* How a message is encoded (callers name the fields they set with a
+** designated initializer; the others are 0). */
+typedef struct loom_encode_opts {
+  loom_place place;        /* where the values sit, for errors */
+  int argbase;             /* LOOM_AT_ARGUMENT: value i (from 0) is
+                              "argument #(argbase + i)" */
+  int refs;                /* what the message may refer to: LOOM_REFS_* */
+  int list;                /* the n values go as one array table of
+                              length n, which the decoder builds directly
+                              (a map chunk's results) */
+  lua_Integer i0;          /* LOOM_AT_MAP: the values are fn, then nseq */
+  int nseq;                /* values per call, the first call's index i0;
+                              errors name "element i of sequence #s" */
+} loom_encode_opts;
+
+/*
+** Encode the n values at stack [first, first+n-1] into a new message, as
+** o says.  Raises a transfer error (or a memory error) on failure; never
+** leaks.  Stack: unchanged on return.
+*/
+LOOM_API loom_msg *loom_encode_with(lua_State *L, int first, int n,
+                                    const loom_encode_opts *o);
+
 /* Free m, a message that state L has decoded and needs no more; a large
 ** one becomes L's encode buffer instead (until a small message comes), so
 ** that the next large message is written into memory already mapped.
 ** Needs 1 free stack slot; never raises. */
 LOOM_API void loom_msg_recycle(lua_State *L, loom_msg *m);
 
-/*
-** Encode the n values at stack [first, first+n-1] into a new message.
-** 'place' and 'argbase' name the roots in errors ("argument #k" with
-** k = argbase + i).  'refs' is a LOOM_REFS_* mode.  Raises a transfer
-** error (or a memory error) on failure; never leaks.  Stack: unchanged
-** on return.
-*/
+/* loom_encode_with, o being {place, argbase, refs}: "argument #k" in an
+** error is value k - argbase. */
 LOOM_API loom_msg *loom_encode(lua_State *L, int first, int n,
                                loom_place place, int argbase, int refs);
-/* loom_encode with more.  With 'list' set, the n values go as one array
-** table of length n, which the decoder builds directly (a map chunk's
-** results).  With place LOOM_AT_MAP, the values are fn and then nseq
-** values for each call from index i0 on, and errors name "element i of
-** sequence #s". */
-LOOM_API loom_msg *loom_encode_mode(lua_State *L, int first, int n,
-                                    loom_place place, int argbase, int refs,
-                                    int list, lua_Integer i0, int nseq);
 
 /* ------------------------------------------------------------- decode.c */
 
@@ -420,14 +430,23 @@ typedef struct loom_chan {
 LOOM_API loom_chan *loom_chan_new(size_t capacity);
 LOOM_API void loom_chan_incref(loom_chan *c);
 LOOM_API void loom_chan_decref(loom_chan *c);
-/* 0 ok, 1 closed, -1 out of memory, 2 still full at the deadline (NULL:
-** none) or when in fired.  Takes m on success. */
-LOOM_API int loom_chan_push(loom_chan *c, loom_msg *m,
-                            const struct timespec *deadline, loom_intr *in);
-/* 0 ok (*out set), 1 closed and empty, 2 still empty at the deadline
-** (NULL: none; in the past: do not wait) or when in fired. */
-LOOM_API int loom_chan_pop(loom_chan *c, const struct timespec *deadline,
-                           loom_intr *in, loom_msg **out);
+/* What a push gives: done (it took m), the channel is closed, it is still
+** full at the deadline (NULL: none) or when in fired, or no memory. */
+typedef enum {
+  LOOM_PUSH_OK, LOOM_PUSH_CLOSED, LOOM_PUSH_FULL, LOOM_PUSH_NOMEM
+} loom_push_result;
+LOOM_API loom_push_result loom_chan_push(loom_chan *c, loom_msg *m,
+                                         const struct timespec *deadline,
+                                         loom_intr *in);
+/* What a pop gives: a message (in *out), closed and empty, or still empty
+** at the deadline (NULL: none; in the past: do not wait) or when in
+** fired. */
+typedef enum {
+  LOOM_POP_OK, LOOM_POP_CLOSED, LOOM_POP_EMPTY
+} loom_pop_result;
+LOOM_API loom_pop_result loom_chan_pop(loom_chan *c,
+                                       const struct timespec *deadline,
+                                       loom_intr *in, loom_msg **out);
 LOOM_API void loom_chan_close(loom_chan *c);
 LOOM_API size_t loom_chan_count(loom_chan *c);
 

@@ -174,8 +174,7 @@ static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
       luaL_checkstack(L, na, "too many init_args");
       for (k = 1; k <= na; k++) lua_geti(L, 4, k);
     }
-    cfg->init = loom_encode_mode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0,
-                                 refs, 0, 0, 0);
+    cfg->init = loom_encode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0, refs);
     lua_settop(L, base);
   }
   return x;
@@ -295,9 +294,11 @@ static int executor_submit(lua_State *L) {
                       "got %s)", lua_isnone(L, 2) ? "nil"
                                                  : luaL_typename(L, 2));
   h = newfuture(L, x);
-  return enqueue(L, x, h, loom_encode_mode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1,
-                                           x->refs, 0, 0, 0), 0, 0);
+  return enqueue(L, x, h, loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1,
+                                      x->refs), 0, 0);
 }
+
+#define SEQS_ON_STACK 64   /* _map_task: sequences kept on the stack */
 
 /* A misuse of map found here: named as map's, the caller's function. */
 static int map_error(lua_State *L, const char *msg) {
@@ -326,7 +327,7 @@ static int executor_map_task(lua_State *L) {
   lua_settop(L, 5);
   h = newfuture(L, x);                 /* 6 */
   /* few sequences sit on the stack; many are fetched for each value */
-  onstack = nseq <= 64;
+  onstack = nseq <= SEQS_ON_STACK;
   if (!lua_checkstack(L, (int)((i1 - i0 + 1) * nseq) + (int)nseq + 8))
     return map_error(L, "too many values for one call");
   if (onstack)
@@ -342,8 +343,11 @@ static int executor_map_task(lua_State *L) {
         lua_remove(L, -2);
       }
     }
-  m = loom_encode_mode(L, base + 1, lua_gettop(L) - base, LOOM_AT_MAP, 0,
-                       x->refs, 0, i0, (int)nseq);
+  {
+    loom_encode_opts o = { .place = LOOM_AT_MAP, .refs = x->refs,
+                           .i0 = i0, .nseq = (int)nseq };
+    m = loom_encode_with(L, base + 1, lua_gettop(L) - base, &o);
+  }
   lua_settop(L, 6);
   return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, (int)nseq);
 }

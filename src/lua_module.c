@@ -48,7 +48,7 @@ static int module_gc(lua_State *L) {
   for (i = 0; i < ms->nchans; i++) {
     loom_msg *m;
     static const struct timespec past = { 0, 0 };
-    while (loom_chan_pop(ms->chans[i], &past, NULL, &m) == 0)
+    while (loom_chan_pop(ms->chans[i], &past, NULL, &m) == LOOM_POP_OK)
       loom_msg_free(m);
   }
   for (i = 0; i < ms->nchans; i++) loom_chan_decref(ms->chans[i]);
@@ -69,7 +69,7 @@ static int l_encode(lua_State *L) {
   lua_settop(L, 1);
   /* pushing the string may fail: a userdata owns the message meanwhile */
   box = loom_msgbox(L);
-  m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
+  m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, LOOM_REFS_NONE);
   *box = m;
   lua_pushlstring(L, (const char *)m->data, m->len);
   loom_msg_free(m);
@@ -108,7 +108,7 @@ static int other_state_run(lua_State *L) {
     lua_call(L, n - 1, LUA_MULTRET);
     n = lua_gettop(L) - 3;
   }
-  *out = loom_encode(L, 4, n, LOOM_AT_RESULT, 0, 1);
+  *out = loom_encode(L, 4, n, LOOM_AT_RESULT, 0, LOOM_REFS_THREADS);
   return 0;
 }
 
@@ -124,7 +124,7 @@ static int in_new_state(lua_State *L, int call) {
   lua_State *L2;
   loom_msg **box;
   box = loom_msgbox(L);
-  m = loom_encode(L, 1, n, LOOM_AT_ARGUMENT, 1, 1);
+  m = loom_encode(L, 1, n, LOOM_AT_ARGUMENT, 1, LOOM_REFS_THREADS);
   *box = m;
   L2 = lua_newstate(loom_lua_alloc, NULL);
   if (L2 == NULL) return luaL_error(L, "cannot create a state");
@@ -142,7 +142,7 @@ static int in_new_state(lua_State *L, int call) {
     lua_insert(L2, -2);
     lua_pushlightuserdata(L2, &out);
     lua_insert(L2, -2);
-    out = loom_encode(L2, -1, 1, LOOM_AT_RESULT, 0, 1);
+    out = loom_encode(L2, -1, 1, LOOM_AT_RESULT, 0, LOOM_REFS_THREADS);
   }
   lua_close(L2);
   *box = out;

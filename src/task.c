@@ -50,12 +50,19 @@ static void push_traceback(lua_State *L) {
 #define result_refs(f) (((f)->xflags & LOOM_TASK_SELFCONTAINED) \
                         ? LOOM_REFS_PROCESS : LOOM_REFS_THREADS)
 
+/* The n values at first, a map chunk's results, as one list (see
+** run_chunk). */
+static loom_msg *encode_list(lua_State *L, int first, int n, int refs) {
+  loom_encode_opts o = { .place = LOOM_AT_RESULT, .refs = refs, .list = 1 };
+  return loom_encode_with(L, first, n, &o);
+}
+
 /* Protected: [1] = loom_msg **out or NULL (only check), [2] = refs mode,
 ** then the values to encode as results. */
 static int encode_k(lua_State *L) {
   loom_msg **out = (loom_msg **)lua_touserdata(L, 1);
-  loom_msg *m = loom_encode_mode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
-                                 (int)lua_tointeger(L, 2), 0, 0, 0);
+  loom_msg *m = loom_encode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
+                            (int)lua_tointeger(L, 2));
   if (out) *out = m;
   else loom_msg_free(m);
   return 0;
@@ -65,8 +72,7 @@ static int encode_k(lua_State *L) {
 ** chunk's list. */
 static int encode_list_k(lua_State *L) {
   *(loom_msg **)lua_touserdata(L, 1) =
-      loom_encode_mode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
-                       (int)lua_tointeger(L, 2), 1, 0, 0);
+      encode_list(L, 3, lua_gettop(L) - 2, (int)lua_tointeger(L, 2));
   return 0;
 }
 
@@ -216,8 +222,7 @@ static int run_chunk(lua_State *L, loom_future *f, loom_outcome *o,
     lua_pop(L, 1);
   }
   chunk_fixup(L, out, k, result_refs(f));
-  o->result = loom_encode_mode(L, out + 1, lua_gettop(L) - out,
-                               LOOM_AT_RESULT, 0, result_refs(f), 1, 0, 0);
+  o->result = encode_list(L, out + 1, lua_gettop(L) - out, result_refs(f));
   return 0;
 }
 /*
@@ -252,8 +257,8 @@ static int run_task(lua_State *L) {
   if (f->nchunk > 0) return run_chunk(L, f, o, base, n);
   st = lua_pcall(L, n - 1, LUA_MULTRET, 1);
   if (st == LUA_OK) {
-    o->result = loom_encode_mode(L, base + 1, lua_gettop(L) - base,
-                                 LOOM_AT_RESULT, 0, result_refs(f), 0, 0, 0);
+    o->result = loom_encode(L, base + 1, lua_gettop(L) - base,
+                            LOOM_AT_RESULT, 0, result_refs(f));
     return 0;
   }
   if (st == LUA_ERRMEM) rc->errmem = 1;
@@ -262,8 +267,7 @@ static int run_task(lua_State *L) {
   crossable_error(L, st, result_refs(f));
   push_traceback(L);
   o->failed = 1;
-  o->result = loom_encode_mode(L, st, 2, LOOM_AT_VALUE, 0, result_refs(f),
-                               0, 0, 0);
+  o->result = loom_encode(L, st, 2, LOOM_AT_VALUE, 0, result_refs(f));
   return 0;
 }
 
