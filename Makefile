@@ -28,6 +28,15 @@ SRC += src/lua_queue.c src/lua_preload.c
 HDR  = src/loom.h src/proc.h
 SO  ?= loom/core.so
 
+# The specs' hooks (core._roundtrip, _failpoint, ...) live in
+# src/lua_tests.c, as Lua keeps its own in ltests.c: they are built only
+# into the cores the specs load, $(TEST_SO) here and the sanitizer builds
+# below (-DLOOM_TESTS), never into $(SO), which make install, LuaRocks
+# and make rock ship.  'make' builds both, so that busted runs from the
+# checkout (.busted loads $(TEST_SO)).
+TEST_SRC = src/lua_tests.c
+TEST_SO ?= build/test/loom/core.so
+
 ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
              -I$(LUA_INCDIR) $(CFLAGS) $(EXTRA_CFLAGS)
 
@@ -50,7 +59,7 @@ RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
 .PHONY: all install test demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot callgrind fuzz soak clean
 .PHONY: embed embed-valgrind
 
-all: $(SO)
+all: $(SO) $(TEST_SO)
 
 # One object per source: a build against the wrong Lua headers stops at
 # the first file, with its one #error line (-Wfatal-errors: nothing after).
@@ -71,6 +80,20 @@ $(GEN): $(LUA_MODULES) src/embed.lua
 $(SO): $(OBJ)
 	@mkdir -p $(dir $(SO))
 	$(CC) $(LIBFLAG) -o $@ $(OBJ) -pthread $(EXTRA_LDFLAGS)
+
+# The test core: the same objects, but lua_module.c built again with
+# -DLOOM_TESTS, and lua_tests.c.
+TEST_OBJDIR = $(OBJDIR)/test
+TEST_OBJ = $(filter-out $(OBJDIR)/lua_module.o,$(OBJ)) \
+           $(TEST_OBJDIR)/lua_module.o $(TEST_OBJDIR)/lua_tests.o
+
+$(TEST_OBJDIR)/%.o: src/%.c $(HDR)
+	@mkdir -p $(TEST_OBJDIR)
+	$(CC) $(ALL_CFLAGS) -DLOOM_TESTS -Wfatal-errors -c -o $@ $<
+
+$(TEST_SO): $(TEST_OBJ)
+	@mkdir -p $(dir $(TEST_SO))
+	$(CC) $(LIBFLAG) -o $@ $(TEST_OBJ) -pthread $(EXTRA_LDFLAGS)
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/loom $(DESTDIR)$(INST_LUADIR)/loom
@@ -139,10 +162,11 @@ SAN_ENV     = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_afte
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
               TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/spec/host/tsan.supp"
 
-build/%/loom/core.so: $(SRC) $(HDR) $(GEN)
+build/%/loom/core.so: $(SRC) $(TEST_SRC) $(HDR) $(GEN)
 	@mkdir -p $(dir $@)
 	$(SAN_CC) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR) -I$(GENDIR) \
-	  $($(shell echo $* | tr a-z A-Z)_FLAGS) -shared -o $@ $(SRC) -pthread
+	  -DLOOM_TESTS $($(shell echo $* | tr a-z A-Z)_FLAGS) -shared -o $@ \
+	  $(SRC) $(TEST_SRC) -pthread
 
 build/%/host: spec/host/host.c
 	@mkdir -p $(dir $@)

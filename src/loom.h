@@ -28,6 +28,7 @@
 **   lua_channel.c  the binding of channels
 **   lua_queue.c    the binding of completion queues, and loom.poll
 **   lua_preload.c  loom's Lua modules, built into the core
+**   lua_tests.c    the specs' hooks, only in test builds (as ltests.c)
 ** The process pool's three files share proc.h besides.
 **
 ** Only luaopen_loom_core is exported; everything else is hidden.
@@ -884,9 +885,16 @@ LOOM_API void loom_open_queue(lua_State *L, int ms, int lib);
 
 /* -------------------------------------------------------- lua_preload.c */
 
+/* The built-in source of loom's Lua module name (*len bytes), or NULL. */
+LOOM_API const char *loom_preload_source(const char *name, size_t *len);
 /* package.preload entries for loom's own Lua modules, built into the
-** core (for hosts that link it in, and worker states), and
-** core._builtin. */
-LOOM_API void loom_open_preload(lua_State *L, int lib);
+** core (for hosts that link it in, and worker states). */
+LOOM_API void loom_open_preload(lua_State *L);
+
+/* ---------------------------------------------------------- lua_tests.c */
+
+/* The specs' hooks (core._roundtrip, ...), in test builds only
+** (-DLOOM_TESTS), as Lua's ltests.c. */
+LOOM_API void loom_open_tests(lua_State *L, int ms, int lib);
 
 #endif

@@ -94,91 +94,7 @@ static int l_decode(lua_State *L) {
   return 1;
 }
 
-/* ------------------------------------------------ test-only: new state */
-
-/* Protected, in the new state: [1] = message; decode, maybe call,
-** encode the results into a new message (lightuserdata [2] gets it). */
-static int other_state_run(lua_State *L) {
-  loom_msg *in = (loom_msg *)lua_touserdata(L, 1);
-  loom_msg **out = (loom_msg **)lua_touserdata(L, 2);
-  int call = lua_toboolean(L, 3), n;
-  lua_settop(L, 3);
-  n = loom_decode(L, in->data, in->len, 1, in);
-  if (call) {
-    lua_call(L, n - 1, LUA_MULTRET);
-    n = lua_gettop(L) - 3;
-  }
-  *out = loom_encode(L, 4, n, LOOM_AT_RESULT, 0, LOOM_REFS_THREADS);
-  return 0;
-}
-
-/* Protected: set up a fresh state as a worker's. */
-static int open_worker_k(lua_State *L) {
-  loom_open_worker_state(L, luaopen_loom_core);
-  return 0;
-}
-
-static int in_new_state(lua_State *L, int call) {
-  int n = lua_gettop(L), r;
-  loom_msg *m, *out = NULL;
-  lua_State *L2;
-  loom_msg **box;
-  box = loom_msgbox(L);
-  m = loom_encode(L, 1, n, LOOM_AT_ARGUMENT, 1, LOOM_REFS_THREADS);
-  *box = m;
-  L2 = lua_newstate(loom_lua_alloc, NULL);
-  if (L2 == NULL) return luaL_error(L, "cannot create a state");
-  lua_pushcfunction(L2, open_worker_k);
-  r = lua_pcall(L2, 0, 0, 0);
-  if (r == LUA_OK) {
-    lua_pushcfunction(L2, other_state_run);
-    lua_pushlightuserdata(L2, m);
-    lua_pushlightuserdata(L2, &out);
-    lua_pushboolean(L2, call);
-    r = lua_pcall(L2, 3, 0, 0);
-  }
-  if (r != LUA_OK) {   /* copy the error back */
-    lua_pushcfunction(L2, other_state_run);
-    lua_insert(L2, -2);
-    lua_pushlightuserdata(L2, &out);
-    lua_insert(L2, -2);
-    out = loom_encode(L2, -1, 1, LOOM_AT_RESULT, 0, LOOM_REFS_THREADS);
-  }
-  lua_close(L2);
-  *box = out;
-  loom_msg_free(m);
-  lua_settop(L, n + 1);
-  n = loom_decode(L, out->data, out->len, 1, out);
-  if (r != LUA_OK) return lua_error(L);
-  return n;
-}
-
-static int l_roundtrip(lua_State *L) { return in_new_state(L, 0); }
-static int l_call_in_new_state(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  return in_new_state(L, 1);
-}
-
 /* ---------------------------------------------------------------- misc */
-
-/* core._inplace_arrays([on]): whether arrays of numbers are copied in
-** place (see transfer.c), after turning that on or off if asked; for the
-** specs, which compare both ways of copying. */
-static int l_inplace_arrays(lua_State *L) {
-  int on = lua_isnoneornil(L, 1) ? -1 : lua_toboolean(L, 1);
-  lua_pushboolean(L, loom_arrays_inplace(on));
-  return 1;
-}
-
-/* core._pins([s]): how many strings of this state (or references to the
-** string s) are anchored for messages, after a sweep, and the length from
-** which strings cross by reference; for the specs. */
-static int l_pins(lua_State *L) {
-  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
-  lua_pushinteger(L, loom_pins_live(L, s));
-  lua_pushinteger(L, LOOM_PIN_MIN);
-  return 2;
-}
 
 static int l_cpu_count(lua_State *L) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -205,16 +121,6 @@ static int l_error(lua_State *L) {
   return 1;
 }
 
-static int l_failpoint(lua_State *L) {
-  lua_Integer k = luaL_checkinteger(L, 1);
-  static const char *const opts[] = { "lua", "core", "both", NULL };
-  int which = luaL_checkoption(L, 2, "both", opts) + 1;
-  lua_pushinteger(L, loom_failpoint_count());
-  lua_pushboolean(L, loom_failpoint_fired());
-  loom_failpoint_arm((long)k, which);
-  return 2;
-}
-
 /* core._process_worker(ppid): the main loop of a worker process (see
 ** procworker.c); returns its exit status. */
 static int l_process_worker(lua_State *L) {
@@ -239,12 +145,7 @@ static const luaL_Reg funcs[] = {
   {"cpu_count", l_cpu_count},
   {"clock", l_clock},
   {"error", l_error},
-  {"_roundtrip", l_roundtrip},
-  {"_call_in_new_state", l_call_in_new_state},
-  {"_failpoint", l_failpoint},
-  {"_inplace_arrays", l_inplace_arrays},
   {"_isatty", l_isatty},
-  {"_pins", l_pins},
   {"_process_worker", l_process_worker},
   {NULL, NULL}
 };
@@ -286,7 +187,10 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   loom_open_executor(L, msi, lib);
   loom_open_channel(L, msi, lib);
   loom_open_queue(L, msi, lib);
-  loom_open_preload(L, lib);
+  loom_open_preload(L);
+#ifdef LOOM_TESTS
+  loom_open_tests(L, msi, lib);   /* the specs' hooks (lua_tests.c) */
+#endif
   luaL_getmetatable(L, LOOM_ERROR);
   lua_setfield(L, lib, "Error");
   return 1;
