@@ -8,6 +8,8 @@
 ** REF keeps identity and cycles within one message.  A function with no
 ** upvalue but _ENV, and a long string, go by reference (PROTO, PIN) where
 ** the message may refer to things (LOOM_REFS_THREADS).
+**
+** ex:map (above: task.c's run_chunk): LOOM_AT_MAP, and a chunk's list.
 */
 #include <limits.h>
 #include <string.h>

@@ -854,6 +854,12 @@ LOOM_API loom_future *loom_checkfuture(lua_State *L, int idx);
 /* Run the done callbacks of the futures of this state that are done;
 ** returns how many callbacks ran. */
 LOOM_API int loom_run_callbacks(lua_State *L);
+/* Add a note to a task's error value at idx (a string) that says a
+** global it found nil is set in this state: workers have their own. */
+LOOM_API void loom_note_global(lua_State *L, int idx);
+/* Wait for f (timeout at stack slot 2, slot 1 its handle) and push its
+** results (returning their number), or raise its error. */
+LOOM_API int loom_future_results(lua_State *L, loom_future *f);
 /* The next link on the done list of queueing waiter w, waiting up to t
 ** seconds (< 0: forever) as every blocking call does; NULL if none came. */
 LOOM_API loom_wlink *loom_waiter_next(lua_State *L, loom_waiter *w, double t);

@@ -15,6 +15,8 @@
 ** stop is asked for.  The hook must reach the coroutine that runs, so a
 ** worker state's coroutine.resume and coroutine.wrap keep the chain of
 ** coroutines being resumed where a stopper can see it (loom_intr).
+**
+** ex:map (above: lua_executor.c's _map_task; below: encode.c): run_chunk.
 */
 #include <stdio.h>
 #include <string.h>

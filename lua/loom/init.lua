@@ -514,7 +514,7 @@ local function progress_bar()
 end
 
 -- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =,
--- progress =}
+-- progress =}  (below: _map_task and _map_iter in src/lua_executor.c)
 -- Submits every call at once; iterates i, results... in input order.
 function Executor:map(fn, ...)
   local _, _, shut = core.is_executor(self)
