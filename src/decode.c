@@ -1,5 +1,5 @@
 /*
-** decode.c -- the decoder: a message (the format is in loom.h) -> Lua
+** decode.c -- the decoder: a message (its format: transfer.c) -> Lua
 ** values in the receiving state.  It trusts nothing in the message: every
 ** count and length is checked against the bytes left, and a malformed
 ** message raises a transfer error, never reading outside it.
@@ -130,8 +130,6 @@ static void d_register(decoder *d) {
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->objs, ++d->nobjs);
 }
-
-
 
 typedef struct chunk { const char *p; size_t left; } chunk;
 

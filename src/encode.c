@@ -1,13 +1,11 @@
 /*
-** encode.c -- the encoder: a Lua value -> a message (the format is in
-** loom.h), in a scratch buffer per state that is reused from one message
-** to the next; and message recycling, and the C function names that the
-** encoder writes.
+** encode.c -- the encoder: a Lua value -> a message (the format is at
+** the top of transfer.c), in a scratch buffer per state that is reused
+** from one message to the next; and message recycling, and the C function
+** names that the encoder writes.
 **
-** Tables and functions are numbered in the order they first appear, so
-** REF keeps identity and cycles within one message.  A function with no
-** upvalue but _ENV, and a long string, go by reference (PROTO, PIN) where
-** the message may refer to things (LOOM_REFS_THREADS).
+** A function with no upvalue but _ENV, and a long string, go by reference
+** (PROTO, PIN) where the message may refer to things (LOOM_REFS_THREADS).
 **
 ** ex:map (above: task.c's run_chunk): LOOM_AT_MAP, and a chunk's list.
 */
@@ -206,7 +204,6 @@ static void e_varint(encoder *e, uint64_t v) {
   e_bytes(e, b, (size_t)n);
 }
 
-
 /* Little-endian 8 bytes.  On a little-endian host this is one store
 ** (the byte loop was ~40 instructions on the hottest path). */
 static void put_u64(unsigned char *p, uint64_t v) {
@@ -372,7 +369,6 @@ static int e_seen(encoder *e) {
   lua_pop(L, 1);
   return r;
 }
-
 
 /* The encoded name (len module len field) of the C function at the top,
 ** pushed above it, or NULL (nothing pushed).  A function not in the map

@@ -230,32 +230,8 @@ typedef struct loom_msg {
 /* The references of m (channels, protos and pins, one reference each). */
 #define loom_msg_refs(m) ((m)->refs ? (m)->refs : (m)->inl)
 
-/*
-** The format of a message's bytes:
-**
-**   "LOOM" version:u8  nobjs:u32  nvalues:varint  value*
-**
-**   value := NIL | FALSE | TRUE | INT i64 | INT8 i8 | FLT f64
-**          | STR len bytes
-**          | TABLE narr:u32 nhash:u32 value{narr} (key value){nhash}
-**                  hasmeta:u8 [value]
-**          | FUNC len bytecode nups:u8 upvalue{nups}
-**          | CFUNC len module len field  -- package.loaded[module][field]
-**          | REF index            -- a table/function seen before
-**          | ENV                  -- the receiving state's globals
-**          | CHAN index           -- msg->refs[index], by reference
-**          | ERRMT                -- the receiver's loom.Error metatable
-**          | PROTO index          -- msg->refs[index]: shared bytecode of a
-**                                    function with no upvalue but _ENV
-**          | PIN index            -- msg->refs[index]: a string of the
-**                                    sender's, by reference (loom_pin)
-**   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
-**
-** Tables and functions are numbered in the order they first appear, so
-** REF keeps identity and cycles within one message.  Like CHAN and PROTO,
-** PIN never appears in a message made without refs (loom.encode), so
-** adding it did not change the version.
-*/
+/* The format of a message's bytes: its grammar is at the top of
+** transfer.c; encode.c writes it, decode.c reads it. */
 #define LOOM_MAGIC "LOOM"
 #define LOOM_VERSION 3     /* bump on every change of the format */
 #define LOOM_HEADER_LEN 9  /* magic, version, nobjs */
@@ -698,7 +674,6 @@ LOOM_API loom_preload *loom_preload_collect(lua_State *L, int idx);
 LOOM_API char *loom_task_preload(lua_State *L, const loom_preload *pl);
 
 /* --------------------------------------------------------------- pool.c */
-
 
 typedef struct loom_pool_config {
   int workers;

@@ -145,7 +145,6 @@ static int channel_tostring(lua_State *L) {
   return 1;
 }
 
-
 /* ------------------------------------------------------------- opening */
 
 static const luaL_Reg channel_methods[] = {

@@ -19,7 +19,6 @@
 
 #define LOOM_WATCHER "loom.Watcher"
 
-
 loom_future *loom_checkfuture(lua_State *L, int idx) {
   loom_fhandle *h = (loom_fhandle *)loom_checkud(L, idx, LOOM_UV_FUTURE, LOOM_FUTURE);
   if (h->f == NULL) luaL_argerror(L, idx, "future is not initialised");

@@ -94,7 +94,6 @@ int loom_pw_reserve(pworker *w, size_t len) {
   return 0;
 }
 
-
 /* -------------------------------------------------------------- program */
 
 /* The path of this core.so, for the workers to load: from the mapping

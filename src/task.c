@@ -651,7 +651,6 @@ char *loom_task_setup(lua_State *L, lua_CFunction open_core,
   return err;
 }
 
-
 /* ------------------------------------------------------------- preload */
 
 /* The value at the top is a C function with no upvalue (pops nothing). */

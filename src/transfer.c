@@ -2,7 +2,7 @@
 ** transfer.c -- what the encoder (encode.c) and the decoder (decode.c)
 ** share: loom's error values, messages and what they refer to (shared
 ** bytecode, pinned strings), the raw-array check, and the map of C
-** functions to the names they cross by.  The message format is in loom.h.
+** functions to the names they cross by; and the message format, below.
 **
 ** A value is copied between two lua_States in two steps: loom_encode
 ** (encode.c) walks it in the source state and writes a message; and
@@ -11,6 +11,31 @@
 ** depth is bounded only by LOOM_MAX_DEPTH.  Every buffer a Lua error could
 ** skip over is owned by a userdata (the scratch encoder buffer, the frame
 ** arrays), so a longjmp cannot leak it.
+**
+** The format of a message's bytes (the tags are LOOM_T_* in loom.h):
+**
+**   "LOOM" version:u8  nobjs:u32  nvalues:varint  value*
+**
+**   value := NIL | FALSE | TRUE | INT i64 | INT8 i8 | FLT f64
+**          | STR len bytes
+**          | TABLE narr:u32 nhash:u32 value{narr} (key value){nhash}
+**                  hasmeta:u8 [value]
+**          | FUNC len bytecode nups:u8 upvalue{nups}
+**          | CFUNC len module len field  -- package.loaded[module][field]
+**          | REF index            -- a table/function seen before
+**          | ENV                  -- the receiving state's globals
+**          | CHAN index           -- msg->refs[index], by reference
+**          | ERRMT                -- the receiver's loom.Error metatable
+**          | PROTO index          -- msg->refs[index]: shared bytecode of a
+**                                    function with no upvalue but _ENV
+**          | PIN index            -- msg->refs[index]: a string of the
+**                                    sender's, by reference (loom_pin)
+**   upvalue := value | JOIN fobj:varint up:varint  -- shares an upvalue
+**
+** Tables and functions are numbered in the order they first appear, so
+** REF keeps identity and cycles within one message.  Like CHAN and PROTO,
+** PIN never appears in a message made without refs (loom.encode), so
+** adding it did not change the version.
 */
 #include <limits.h>
 #include <string.h>
