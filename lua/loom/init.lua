@@ -257,7 +257,8 @@ local EXECUTOR_OPTIONS = {
 }
 
 -- The options of a kind of executor: EXECUTOR_OPTIONS and its own (a
--- table name -> rule).
+-- table name -> rule). A kind to come (loom.cluster_executor) makes its
+-- spec so and checks with executor_options, as the two below do.
 local function executor_kind(own)
   local spec = {}
   for k, rule in pairs(EXECUTOR_OPTIONS) do spec[k] = rule end
@@ -316,13 +317,6 @@ function loom.process_executor(opts)
   return construct(core.process_executor,
                    executor_options(opts, "process_executor", PROCESS_OPTIONS))
 end
-
--- The same checker for the kinds of executor to come, in the same words:
--- spec = loom._executor_kind { own = rule, ... } with loom._rules, then
--- loom._executor_options(opts, "name_of_the_constructor", spec).
-loom._rules = rules
-loom._executor_kind = executor_kind
-loom._executor_options = executor_options
 
 -- Unique futures of a sequence, in their first order.
 local function distinct(futures, fname)
