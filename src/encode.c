@@ -32,7 +32,8 @@ static const char SCRATCH_KEY = 's';
 ** message being written, so a Lua error in the middle frees nothing by
 ** hand: the next encode (or the GC) reuses or frees it.  'busy' guards
 ** against a finalizer that encodes while an encode is under way; such a
-** nested encode puts a fresh scratch in the registry (see loom_encode).
+** nested encode puts a fresh scratch in the registry (see
+** loom_encode_with).
 */
 typedef struct scratch {
   loom_msg *m;

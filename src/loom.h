@@ -23,8 +23,8 @@
 **   lua_module.c   luaopen_loom_core, the per-state module record,
 **                  module functions
 **   lua_aux.c      what the binding files share: checks, blocking
-**   lua_future.c   the binding of futures, waiting, as_completed, map
-**   lua_executor.c the binding of executors
+**   lua_future.c   the binding of futures, waiting, as_completed
+**   lua_executor.c the binding of executors, and of map
 **   lua_channel.c  the binding of channels
 **   lua_queue.c    the binding of completion queues, and loom.poll
 **   lua_preload.c  loom's Lua modules, built into the core

@@ -390,7 +390,7 @@ static void map_progress(lua_State *L, mapiter *it) {
 }
 
 /* Wait for future k and push its results after slot 1, which it takes
-** (results expects [future, timeout]); returns their number. */
+** (loom_future_results expects [future, timeout]); returns their number. */
 static int map_results(lua_State *L, mapiter *it, lua_Integer k) {
   lua_settop(L, 0);
   lua_rawgeti(L, lua_upvalueindex(2), k);
