@@ -34,7 +34,9 @@ ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
 # loom in needs no Lua files, nor do worker states.
 GENDIR ?= build/gen
 GEN = $(GENDIR)/loom_lua.h
-LUA_MODULES = $(sort $(wildcard lua/loom/*.lua))
+# (not loom/busted.lua: loom-busted's logic, which needs busted, is found
+# on package.path by the command and its workers alike)
+LUA_MODULES = $(sort $(filter-out lua/loom/busted.lua,$(wildcard lua/loom/*.lua)))
 ALL_CFLAGS += -I$(GENDIR)
 
 LUA_LIBDIR ?= $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)
