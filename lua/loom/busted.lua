@@ -357,6 +357,15 @@ local function run_file(job, out)
   end
   for _, v in ipairs(o.e or {}) do assert(load(v))() end
 
+  -- os.exit in a spec file ends busted's whole run; here it ends the file:
+  -- the test that called it errs with the status, and no other test of the
+  -- file runs (the worker stays; recycled, it gets os.exit back after)
+  os.exit = function(code)
+    busted.skipAll = true
+    error(("os.exit(%s) was called: loom-busted ends this spec file here")
+          :format(code == nil and "" or tostring(code)), 2)
+  end
+
   local quit_on_error = not o["keep-going"]
   busted.subscribe({ "error" }, function()
     busted.skipAll = quit_on_error
@@ -1045,6 +1054,17 @@ local function replay_entry(replay, e)
   for _, x in ipairs(tail) do emit(x[1], x[2]) end
 end
 
+-- A spec file that says `loom-busted: alone` in its first 2 KiB (in a
+-- comment) runs alone, after the others: one that sends signals, counts
+-- processes, or must not share the machine.
+local function runs_alone(name)
+  local f = io.open(name, "rb")
+  if not f then return false end
+  local head = f:read(2048) or ""
+  f:close()
+  return head:find("loom-busted: alone", 1, true) ~= nil
+end
+
 -- One run of the suite (busted's --repeat makes several): the files in
 -- busted's order, scheduled longest first on the pool, replayed in order.
 local function run_once(S, run, replay)
@@ -1076,9 +1096,9 @@ local function run_once(S, run, replay)
   end
   local entries, queue = {}, {}
   for i, name in ipairs(order) do
-    local e = { name = name, parts = {}, ndone = 0 }
+    local e = { name = name, parts = {}, ndone = 0, alone = runs_alone(name) }
     entries[i] = e
-    for p = 1, nparts do
+    for p = 1, e.alone and 1 or nparts do
       local u = { entry = e, part = p, n = #queue + 1 }
       e.parts[p] = u
       queue[#queue + 1] = u
@@ -1087,6 +1107,7 @@ local function run_once(S, run, replay)
   -- longest first: the files with no recorded time first (they may be
   -- long), then by the times of earlier runs; ties in busted's order
   table.sort(queue, function(a, b)
+    if a.entry.alone ~= b.entry.alone then return b.entry.alone end
     local ta, tb = times[a.entry.name], times[b.entry.name]
     if (ta == nil) ~= (tb == nil) then return ta == nil end
     if ta and tb and ta ~= tb then return ta > tb end
@@ -1107,6 +1128,9 @@ local function run_once(S, run, replay)
   local function submit_next()
     while #inflight < S.jobs and qi <= #queue do
       local u = queue[qi]
+      -- a file marked to run alone waits for the pool to be idle, and
+      -- nothing starts beside it
+      if u.entry.alone and #inflight > 0 then return end
       qi = qi + 1
       S.seq = S.seq + 1
       u.events = ("%s/t%d.ev"):format(dir, S.seq)
@@ -1117,6 +1141,7 @@ local function run_once(S, run, replay)
       })
       inflight[#inflight + 1] = f
       unit_of[f] = u
+      if u.entry.alone then return end
     end
   end
 
