@@ -297,7 +297,8 @@ describe("loom-busted", function()
       assert.is_truthy(out:find("about to die", 1, true), out)
       assert.is_falsy(out:find("never runs", 1, true), out)
       assert.is_truthy(out:find("not ok 3 - exit calls os.exit", 1, true), out)
-      assert.is_truthy(out:find("os.exit(3) was called", 1, true), out)
+      assert.is_truthy(out:find("os.exit is not allowed in a loom worker", 1, true), out)
+      assert.is_falsy(out:find("exit never runs", 1, true), out)
       assert.is_truthy(out:find("ok 4 - after the crashes still runs", 1, true), out)
       assert.is_truthy(out:find("1..4", 1, true), out)
     end)
@@ -380,6 +381,22 @@ describe("loom-busted", function()
       assert.are.equal(0, code)
       assert.is_truthy(out:find("--max-worker-restart", 1, true))
       assert.is_truthy(out:find("--exclude-tags", 1, true))
+    end)
+
+    it("--coverage: every worker's statistics, added up", function()
+      local d = tmpdir()
+      local env = ("LUA_PATH_5_4=%s LUA_CPATH_5_4=%s"):format(
+        q(FIXTURES .. "/fakecov/?.lua;" .. ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"),
+        q(ROOT .. "/?.so;;"))
+      local _, code = sh(FIXTURES, ("cp -r basic %s/ && cd %s && env %s timeout %d lua5.4 %s " ..
+        "-j 2 --no-times --coverage -p _check basic"):format(q(d), q(d), env, LIMIT,
+        q(ROOT .. "/bin/loom-busted")))
+      assert.are.equal(1, code)
+      local stats = read_file(d .. "/luacov.stats.out") or ""
+      rmdir(d)
+      for _, name in ipairs({ "a_pass", "b_fail", "c_error", "d_pending", "e_print" }) do
+        assert.is_truthy(stats:find("basic/" .. name .. "_check.lua\t1\t", 1, true), name)
+      end
     end)
 
     it("--coverage needs LuaCov, as in busted", function()

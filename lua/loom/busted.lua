@@ -331,6 +331,19 @@ local function load_machinery()
   return machinery
 end
 
+-- --coverage: LuaCov started once per worker process (before its state is
+-- saved, so that its hooks stay), its statistics in a file of the run's
+-- folder named by the worker's pid; saved after each file.
+local coverage
+local function start_coverage(job, pid)
+  if coverage or not job.opts.coverage then return coverage end
+  local ok, err = require "busted.modules.luacov"()(job.opts["coverage-config-file"])
+  if not ok then error(err, 0) end
+  coverage = require "luacov.runner"
+  coverage.configuration.statsfile = ("%s/luacov.%d.stats"):format(job.dir, pid)
+  return coverage
+end
+
 -- The descriptors of hooks: a file's children that are not blocks or tests
 -- (busted.execute skips them), and so not units of --split.
 local HOOKS = { before_each = true, after_each = true, lazy_setup = true,
@@ -357,18 +370,18 @@ local function run_file(job, out)
   end
   for _, v in ipairs(o.e or {}) do assert(load(v))() end
 
-  -- os.exit in a spec file ends busted's whole run; here it ends the file:
-  -- the test that called it errs with the status, and no other test of the
-  -- file runs (the worker stays; recycled, it gets os.exit back after)
-  os.exit = function(code)
-    busted.skipAll = true
-    error(("os.exit(%s) was called: loom-busted ends this spec file here")
-          :format(code == nil and "" or tostring(code)), 2)
+  -- os.exit in a spec file ends busted's whole run. A loom worker refuses
+  -- it (os.exit is loom's C function there, which raises "os.exit is not
+  -- allowed in a loom worker"): the test that called it errs so, and
+  -- loom-busted ends the file there, running none of its other tests.
+  local function exited(message)
+    return type(message) == "string" and
+           message:find("os.exit is not allowed in a loom worker", 1, true) ~= nil
   end
 
   local quit_on_error = not o["keep-going"]
-  busted.subscribe({ "error" }, function()
-    busted.skipAll = quit_on_error
+  busted.subscribe({ "error" }, function(_, _, message)
+    busted.skipAll = quit_on_error or exited(message)
     return nil, true
   end)
   busted.subscribe({ "failure" }, function()
@@ -495,13 +508,16 @@ function M._worker(job)
     ev:flush()
   end
   load_machinery()
+  local pid = pid_of_self()
+  local cov = start_coverage(job, pid)
   local cap = new_capture(job)
   job.capture_state = cap
-  out({ pid = pid_of_self(), pos = cap and { cap.pos[1], cap.pos[2] } })
+  out({ pid = pid, pos = cap and { cap.pos[1], cap.pos[2] } })
   local saved = not job.isolate and save_state()
   _G.arg = job.arg
   local ok, res = xpcall(run_file, debug.traceback, job, out)
   if saved then restore_state(saved) end
+  if cov then cov.save_stats() end
   if cap then cap.close() end
   ev:close()
   if not ok then return { internal = tostring(res) } end
@@ -579,12 +595,15 @@ local function rmtree(lfs, dir)
   lfs.rmdir(dir)
 end
 
--- The times cache: file -> seconds, from earlier runs.
-local TIMES = ".loom-busted-times"
+-- The times cache: file -> seconds, from earlier runs; in the folder the
+-- suite runs from (after -C), or where $LOOM_BUSTED_TIMES says.
+local function times_file()
+  return os.getenv("LOOM_BUSTED_TIMES") or ".loom-busted-times"
+end
 
 local function read_times()
   local t = {}
-  local f = io.open(TIMES)
+  local f = io.open(times_file())
   if not f then return t end
   for line in f:lines() do
     local sec, name = line:match("^([%d%.e%-]+)\t(.+)$")
@@ -598,6 +617,7 @@ local function write_times(t)
   local names = {}
   for k in pairs(t) do names[#names + 1] = k end
   table.sort(names)
+  local TIMES = times_file()
   local tmp = TIMES .. ".tmp"
   local f = io.open(tmp, "w")
   if not f then return end
@@ -683,12 +703,12 @@ local function new_replayer(busted)
 
   -- busted.safe for a replayed publish: an error raised by a subscriber
   -- (a handler) becomes an error event of the element, as in busted.
-  local function safe(descriptor, element, channel, ...)
+  -- (busted would call a failure raised there an error too)
+  local function safe(element, channel, ...)
     local ok, err = xpcall(busted.publish, debug.traceback, channel, ...)
     if not ok then
-      local status = "error"
       local msg = tostring(err)
-      busted.publish({ status, element.descriptor }, element,
+      busted.publish({ "error", element.descriptor }, element,
                      busted.api.parent(element), msg:match("^[^\n]*"),
                      { traceback = msg, short_src = "?", currentline = 0 })
     end
@@ -702,10 +722,7 @@ local function new_replayer(busted)
     local c = rec.c
     if (c[2] == "start" or c[2] == "end") and
        (c[1] == "file" or c[1] == "describe" or c[1] == "test") then
-      local e = args[1]
-      local d = c[1]
-      if e and e.descriptor == "pending" then d = "it" end
-      safe(d, e, c, unpack(args, 1, rec.n))
+      safe(args[1], c, unpack(args, 1, rec.n))
     else
       busted.publish(c, unpack(args, 1, rec.n))
     end
@@ -879,6 +896,35 @@ function M._run(argv)
   return code
 end
 
+-- --coverage: the workers' LuaCov statistics (luacov.<pid>.stats in dir)
+-- added up, line by line, into LuaCov's statistics file (which LuaCov
+-- itself also adds to, run after run).
+local function merge_coverage(lfs, dir, config)
+  local runner = require "luacov.runner"
+  local stats = require "luacov.stats"
+  local conf = runner.load_config(config)
+  local total = stats.load(conf.statsfile) or {}
+  for name in lfs.dir(dir) do
+    if name:match("^luacov%.%d+%.stats$") then
+      for file, lines in pairs(stats.load(dir .. "/" .. name) or {}) do
+        local t = total[file]
+        if not t then
+          t = { max = 0, max_hits = 0 }
+          total[file] = t
+        end
+        t.max = math.max(t.max or 0, lines.max or 0)
+        for line, hits in pairs(lines) do
+          if math.type(line) == "integer" then
+            t[line] = (t[line] or 0) + hits
+            t.max_hits = math.max(t.max_hits or 0, t[line])
+          end
+        end
+      end
+    end
+  end
+  stats.save(conf.statsfile, total)
+end
+
 -- Runs the files on the pool and replays them. Returns the exit code.
 function M._schedule(S)
   local lfs, own, cliArgs = S.lfs, S.own, S.cliArgs
@@ -918,6 +964,10 @@ function M._schedule(S)
   if px then
     pcall(px.shutdown, px, { wait = true, cancel_futures = true,
                              cancel_running = true })
+  end
+  if cliArgs.coverage then
+    local merged, merr = pcall(merge_coverage, lfs, dir, cliArgs["coverage-config-file"])
+    if not merged then io.stderr:write(APP, ": coverage: ", tostring(merr), "\n") end
   end
   pcall(rmtree, lfs, dir)
   if not own.no_times and next(S.new_times) then
@@ -1137,7 +1187,7 @@ local function run_once(S, run, replay)
       local f = px:submit(task, {
         file = u.entry.name, part = u.part, nparts = nparts > 1 and nparts or nil,
         events = u.events, seed = seed, opts = S.opts, capture = true,
-        isolate = own.isolate, highlight = S.highlight, arg = S.arg,
+        isolate = own.isolate, highlight = S.highlight, arg = S.arg, dir = dir,
       })
       inflight[#inflight + 1] = f
       unit_of[f] = u
