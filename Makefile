@@ -169,6 +169,7 @@ asan tsan: %: test-deps build/%/host build/%/loom/core.so
 bench: deps all
 	sh .ci/deps.sh python3
 	$(RUN_LOCAL) LUA=$(LUA) sh bench/run.sh
+	$(RUN_LOCAL) LUA=$(LUA) $(LUA) bench/busted_bench.lua
 
 bench-plot: deps all
 	sh .ci/deps.sh gnuplot python3

@@ -234,12 +234,18 @@ local function pid_of_self()
   return pid
 end
 
--- Globals, package.loaded, and one level of every table among them (the
--- standard libraries, loaded modules) and the string metatable: what a
--- recycled worker puts back after each file, so that nothing a file set,
--- loaded or monkey-patched reaches the next file.
+-- What a recycled worker puts back after each file, so that nothing a file
+-- set, loaded or monkey-patched reaches the next one: the globals,
+-- package.loaded (a module a file loaded is loaded again by the next), and
+-- the fields and metatables of the standard library's tables and of the
+-- string metatable. Taken once per worker, after busted's machinery is
+-- loaded. (Module tables loaded before, busted's own and loom's, are not
+-- put back field by field: that would cost more than the file's run.)
+local STDLIB = { "string", "table", "math", "io", "os", "coroutine", "utf8",
+                 "debug", "package" }
+
 local function save_state()
-  local tables, g, loaded = {}, {}, {}
+  local tables = {}
   local function keep(t)
     if type(t) == "table" and not tables[t] then
       local c = {}
@@ -247,13 +253,11 @@ local function save_state()
       tables[t] = { fields = c, mt = debug.getmetatable(t) }
     end
   end
-  for k, v in next, _G do g[k] = v end
-  for k, v in next, package.loaded do loaded[k] = v end
-  for _, v in next, g do keep(v) end
-  for _, v in next, loaded do keep(v) end
+  keep(_G)
+  keep(package.loaded)
+  for _, name in ipairs(STDLIB) do keep(rawget(_G, name)) end
   keep(debug.getmetatable(""))
-  return { g = g, gmt = debug.getmetatable(_G), loaded = loaded,
-           tables = tables }
+  return tables
 end
 
 local function restore_fields(t, fields)
@@ -265,16 +269,11 @@ local function restore_fields(t, fields)
   end
 end
 
-local function restore_state(s)
-  for t, saved in next, s.tables do
-    if t ~= _G and t ~= package.loaded then
-      restore_fields(t, saved.fields)
-      if debug.getmetatable(t) ~= saved.mt then debug.setmetatable(t, saved.mt) end
-    end
+local function restore_state(tables)
+  for t, saved in next, tables do
+    restore_fields(t, saved.fields)
+    if debug.getmetatable(t) ~= saved.mt then debug.setmetatable(t, saved.mt) end
   end
-  restore_fields(package.loaded, s.loaded)
-  restore_fields(_G, s.g)
-  debug.setmetatable(_G, s.gmt)
 end
 
 -- What a file wrote on descriptors 1 and 2, which are files of the run's
@@ -318,7 +317,7 @@ local function load_machinery()
   if machinery then return machinery end
   machinery = {
     core = require "busted.core",
-    init = require "busted",
+    init = require "busted",   -- called once per file: its metatable is put back
     exec = require "busted.execute",
     filters = require "busted.modules.filter_loader",
     helper = require "busted.modules.helper_loader",
@@ -328,7 +327,21 @@ local function load_machinery()
     loom = require "loom",
   }
   require "busted.languages.en"
+  machinery.init_mt = getmetatable(machinery.init)
   return machinery
+end
+
+-- A run of busted's machinery on no file, so that every module it loads
+-- on the way is loaded before the worker's state is saved (else each file
+-- would load them again).
+local function warm_up(loaders)
+  local m = machinery
+  local busted = m.core()
+  m.init(busted)
+  setmetatable(m.init, m.init_mt)
+  m.filters()(busted, { tags = {}, excludeTags = {}, filter = {}, filterOut = {} })
+  m.files(busted, loaders)
+  m.exec(busted)(1, {})
 end
 
 -- --coverage: LuaCov started once per worker process (before its state is
@@ -355,6 +368,9 @@ local function run_file(job, out)
   local m = machinery
   local o = job.opts
   local busted = m.core()
+  -- busted's init module replaces its own metatable (its __call) when
+  -- called: give it back for this file
+  setmetatable(m.init, m.init_mt)
   m.init(busted)
   local encoder = new_encoder(busted)
 
@@ -498,6 +514,8 @@ local function run_file(job, out)
   return { time = busted.monotime() - t0 }
 end
 
+local baseline   -- the worker's state before its first file (save_state)
+
 --- What a worker process runs for one file (or part): busted on that file,
 -- its events written to job.events. Returns a summary for the parent.
 function M._worker(job)
@@ -513,10 +531,13 @@ function M._worker(job)
   local cap = new_capture(job)
   job.capture_state = cap
   out({ pid = pid, pos = cap and { cap.pos[1], cap.pos[2] } })
-  local saved = not job.isolate and save_state()
+  if not baseline and not job.isolate then
+    warm_up(job.opts.loaders)
+    baseline = save_state()
+  end
   _G.arg = job.arg
   local ok, res = xpcall(run_file, debug.traceback, job, out)
-  if saved then restore_state(saved) end
+  if baseline then restore_state(baseline) end
   if cov then cov.save_stats() end
   if cap then cap.close() end
   ev:close()
