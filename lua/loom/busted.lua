@@ -397,11 +397,11 @@ local function run_file(job, out)
 
   local quit_on_error = not o["keep-going"]
   busted.subscribe({ "error" }, function(_, _, message)
-    busted.skipAll = quit_on_error or exited(message)
+    if quit_on_error or exited(message) then busted.skipAll = true end
     return nil, true
   end)
   busted.subscribe({ "failure" }, function()
-    busted.skipAll = quit_on_error
+    if quit_on_error then busted.skipAll = true end
     return nil, true
   end)
   busted.sort = o["sort-tests"]
@@ -957,9 +957,11 @@ function M._schedule(S)
   -- run's folder, named by the worker's pid
   local interp = (not own.ignore_lua and cliArgs.lua) or
                  shell_quote(running_interpreter())
+  S.interp = (not own.ignore_lua and cliArgs.lua) or running_interpreter()
   local dir = tmpdir(lfs)
   S.dir = dir
   local wrapper = dir .. "/lua"
+  S.wrapper = wrapper
   local f = assert(io.open(wrapper, "w"))
   local qdir = shell_quote(dir)
   f:write("#!/bin/sh\n",
@@ -1231,6 +1233,10 @@ local function run_once(S, run, replay)
         :format(u.entry.name, res.internal)
     elseif ok then
       u.time = type(res) == "table" and res.time or nil
+    elseif type(res) == "table" and res.kind == "broken" then
+      S.abort = ("%s: the workers cannot start under %s (loom-busted needs a " ..
+        "Lua 5.4 interpreter that can load loom): %s"):format(APP, S.interp,
+        (tostring(res.message):gsub(literal(S.wrapper), (S.interp:gsub("%%", "%%%%")))))
     else
       u.lost = lost_message(res, u.entry.name, own)
       if type(res) == "table" and res.kind == "timeout" then u.time = own.timeout end
