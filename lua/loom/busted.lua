@@ -328,6 +328,9 @@ local function load_machinery()
   }
   require "busted.languages.en"
   machinery.init_mt = getmetatable(machinery.init)
+  -- a spec file that starts with require "busted.runner"() (to run alone
+  -- as a script) gets what busted's runner gives a second caller: nothing
+  package.loaded["busted.runner"] = function() return function() end end
   return machinery
 end
 
@@ -1273,8 +1276,8 @@ local function run_once(S, run, replay)
     while next_report <= #entries and not busted.skipAll do
       local e = entries[next_report]
       if e.ndone < #e.parts then return end
+      e.replayed = true   -- before: Ctrl-C in the middle must not replay it twice
       replay_entry(replay, e)
-      e.replayed = true
       next_report = next_report + 1
     end
   end
