@@ -578,7 +578,7 @@ function M.arg_table()
   return t
 end
 
--- A file, read from byte `from` (0-based) to its end, from byte `from` (0-based).
+-- A file, read from byte `from` (0-based) to its end.
 local function read_from(path, from)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -651,9 +651,12 @@ local function write_times(t)
   os.rename(tmp, TIMES)
 end
 
--- Replays the events of one file (its parts merged) into the parent's
--- busted, whose subscribers are the runner's counters and the output
--- handler. `file` is the scheduler's record of the file.
+-- The replayer: publishes recorded events into the parent's busted, whose
+-- subscribers are the runner's counters and the output handler. Each
+-- element of a worker's context tree is a proxy here (one table per
+-- element and stream, so that handlers that key on an element, as busted's
+-- base handler does with tostring(element), see one element), its fields
+-- those of the latest snapshot, its parent as busted.parent returns it.
 local function new_replayer(busted)
   local root = busted.context.get()
   local parents, children = {}, {}
