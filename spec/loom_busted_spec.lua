@@ -1,119 +1,16 @@
 -- loom-busted (bin/loom-busted, lua/loom/busted.lua) on the fixture suites
 -- of spec/fixtures/loom_busted: the same report, counts and exit code as
--- plain busted, through every output handler; .busted tasks and tags;
--- --split, --timeout, crashes, Ctrl-C. Every command runs under `timeout`
--- (a hang fails the test); nothing waits by sleeping.
-
-local helpers = require "spec.support.helpers"
-local reliability = require "spec.support.reliability"
-local lfs = require "lfs"
-
-local LIMIT = reliability.CHILD_LIMIT
-local ROOT = helpers.current_directory()
-local FIXTURES = ROOT .. "/spec/fixtures/loom_busted"
-
-local function q(s)
-  return "'" .. string.gsub(s, "'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- Runs a shell command line in dir; returns its stdout, exit code, stderr.
-local function sh(dir, line)
-  local errfile = os.tmpname()
-  local p = assert(io.popen(("cd %s && %s 2>%s"):format(q(dir), line, q(errfile))))
-  local out = p:read("a")
-  local _, _, code = p:close()
-  local err = read_file(errfile)
-  os.remove(errfile)
-  return out, code, err
-end
-
-local function args(list)
-  local t = {}
-  for i, a in ipairs(list) do t[i] = q(a) end
-  return table.concat(t, " ")
-end
-
--- The arguments, and the folder "." when they name no spec file and the
--- folder has no .busted file (which names its own).
-local function with_root(dir, list)
-  local last = list[#list] or ""
-  if dir == "tasks" or last:match("_check%.lua$") then return list end
-  local t = { table.unpack(list) }
-  t[#t + 1] = "."
-  return t
-end
-
--- plain busted and loom-busted, in dir (a folder of the fixtures), with the
--- environment `env` ("NAME=value ..." or "")
-local function busted(dir, list, env)
-  return sh(FIXTURES .. "/" .. dir, ("env %s timeout %d busted --lua=lua5.4 %s")
-    :format(env or "", LIMIT, args(with_root(dir, list))))
-end
-
-local LOOM_ENV = ("LUA_PATH_5_4=%s LUA_CPATH_5_4=%s"):format(
-  q(ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"), q(ROOT .. "/?.so;;"))
-
-local function loom_busted(dir, list, env)
-  return sh(FIXTURES .. "/" .. dir, ("env %s %s timeout %d lua5.4 %s --no-times %s")
-    :format(LOOM_ENV, env or "", LIMIT, q(ROOT .. "/bin/loom-busted"),
-            args(with_root(dir, list))))
-end
-
--- What differs between two runs of the same suite: times, addresses.
-local function normal(s)
-  return (s:gsub("%d+%.?%d*e?%-?%d* seconds", "T seconds")
-           :gsub("table: 0x%x+", "table: X")
-           :gsub("%(%d+%.%d+ ms", "(T ms"))
-end
-
-local function counts(out)
-  local s, f, e, p = out:match("(%d+) success%a* / (%d+) failures? / (%d+) errors? / (%d+) pending")
-  return { tonumber(s), tonumber(f), tonumber(e), tonumber(p) }
-end
-
--- Both on the same suite; `own` are loom-busted's own options (-j ...).
-local function same_run(dir, list, env, own)
-  local pout, pcode = busted(dir, list, env)
-  local all = {}
-  for _, a in ipairs(own or {}) do all[#all + 1] = a end
-  for _, a in ipairs(list) do all[#all + 1] = a end
-  local lout, lcode = loom_busted(dir, all, env)
-  assert.are.equal(pcode, lcode, lout)
-  assert.are.equal(normal(pout), normal(lout))
-  return lout, lcode
-end
-
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir " .. q(d)))
-  return d
-end
-
-local function rmdir(d)
-  os.execute("rm -rf " .. q(d))
-end
-
-local function exists(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
-
--- The sanitizer runs start child interpreters through $LOOM_LUA, against a
--- core built for them; loom-busted's runs here use lua5.4 and ./loom/core.so.
-local sanitized = os.getenv("LOOM_LUA") ~= nil
+-- plain busted, through every output handler; .busted tasks and tags; its
+-- options. Every command runs under `timeout` (a hang fails the test);
+-- nothing waits by sleeping. (Faults, --split and the times cache:
+-- loom_busted_faults_spec.)
+local lb = require "spec.support.loom_busted"
+local LIMIT, ROOT, FIXTURES = lb.LIMIT, lb.ROOT, lb.FIXTURES
+local q, read_file, sh, busted, loom_busted = lb.q, lb.read_file, lb.sh, lb.busted, lb.loom_busted
+local normal, counts, same_run, tmpdir, rmdir = lb.normal, lb.counts, lb.same_run, lb.tmpdir, lb.rmdir
 
 describe("loom-busted", function()
-  if sanitized then
+  if lb.sanitized then
     pending("runs under make test (not under the sanitizer builds)")
     return
   end
@@ -268,109 +165,6 @@ describe("loom-busted", function()
     end)
   end)
 
-  describe("keeps files apart", function()
-    it("a recycled worker sees no global, module or patch of an earlier file", function()
-      local out, code = loom_busted("globals", { "-j", "1", "-p", "_check", "-o", "TAP" })
-      assert.are.equal(0, code, out)
-      assert.is_truthy(out:find("1..4", 1, true))
-      -- plain busted insulates globals and modules, not the patch
-      local pout = busted("globals", { "-p", "_check", "-o", "TAP" })
-      assert.is_truthy(pout:find("not ok 4 - a file that runs later sees no patch", 1, true))
-    end)
-
-    it("with --isolate, a process per file", function()
-      local _, code = loom_busted("globals", { "-j", "1", "--isolate", "-p", "_check" })
-      assert.are.equal(0, code)
-    end)
-  end)
-
-  describe("--split", function()
-    it("runs the top-level blocks of one file in several processes, one report", function()
-      local d = tmpdir()
-      local env = "LOOM_BUSTED_FIXTURE_DIR=" .. q(d)
-      local pout, pcode = busted("split", { "-p", "_check", "-o", "TAP" })
-      local lout, lcode = loom_busted("split", { "-j", "3", "--split", "-p", "_check",
-                                                  "-o", "TAP" }, env)
-      assert.are.equal(pcode, lcode)
-      assert.are.equal(pout, lout)
-      local pids = 0
-      for name in lfs.dir(d) do
-        if name:match("^pid%.") then pids = pids + 1 end
-      end
-      rmdir(d)
-      assert.are.equal(3, pids)
-    end)
-
-    it("does nothing with as many files as workers", function()
-      same_run("basic", { "-p", "_check", "-o", "TAP" }, nil, { "-j", "2", "--split" })
-    end)
-  end)
-
-  describe("faults", function()
-    it("a worker killed by a signal, or os.exit: an error of that test; the rest runs", function()
-      local out, code = loom_busted("crash", { "-p", "_check", "-o", "TAP" })
-      assert.are.equal(1, code)
-      assert.is_truthy(out:find("not ok 2 - segv dies", 1, true), out)
-      assert.is_truthy(out:find("was killed by signal 11 (SIGSEGV)", 1, true), out)
-      assert.is_truthy(out:find("about to die", 1, true), out)
-      assert.is_falsy(out:find("never runs", 1, true), out)
-      assert.is_truthy(out:find("not ok 3 - exit calls os.exit", 1, true), out)
-      assert.is_truthy(out:find("os.exit is not allowed in a loom worker", 1, true), out)
-      assert.is_falsy(out:find("exit never runs", 1, true), out)
-      assert.is_truthy(out:find("ok 4 - after the crashes still runs", 1, true), out)
-      assert.is_truthy(out:find("1..4", 1, true), out)
-    end)
-
-    it("stops after --max-worker-restart crashes, and says so", function()
-      local out, code, err = loom_busted("crash", { "-j", "1", "-p", "_check", "-o", "TAP",
-                                                   "--max-worker-restart=0" })
-      assert.are.equal(1, code)
-      assert.is_truthy(err:find("1 worker processes crashed, more than --max-worker-restart 0", 1, true), err)
-      assert.is_falsy(out:find("after the crashes", 1, true), out)
-    end)
-
-    it("a file past --timeout: an error naming the limit; the rest runs", function()
-      local out, code = loom_busted("hang", { "-p", "_check", "-o", "TAP", "--timeout=3" })
-      assert.are.equal(1, code)
-      assert.is_truthy(out:find("ok 1 - hang passes", 1, true), out)
-      assert.is_truthy(out:find("not ok 2 - hang never ends", 1, true), out)
-      assert.is_truthy(out:find("ran longer than --timeout 3 s", 1, true), out)
-      assert.is_truthy(out:find("ok 3 - after the crashes still runs", 1, true), out)
-    end)
-
-    it("Ctrl-C: stops at once, reports what ran, leaves no worker", function()
-      local d = tmpdir()
-      local p = assert(io.popen(("cd %s && env %s LOOM_BUSTED_FIXTURE_DIR=%s " ..
-        "timeout %d sh -c 'echo $$; exec lua5.4 %s -j 2 --no-times -p _check " ..
-        "-o utfTerminal .' 2>&1"):format(q(FIXTURES .. "/interrupt"), LOOM_ENV, q(d),
-        LIMIT, q(ROOT .. "/bin/loom-busted"))))
-      local pid = p:read("l")
-      -- both workers run a file that never ends (after the quick one)
-      local deadline = os.time() + LIMIT
-      local function ready()
-        local n, pids = 0, {}
-        for name in lfs.dir(d) do
-          local w = name:match("^ready%.(%d+)$")
-          if w then n = n + 1; pids[#pids + 1] = w end
-        end
-        return n == 2 and pids
-      end
-      local workers = ready()
-      while not workers and os.time() < deadline do workers = ready() end
-      assert.is_truthy(workers, "the hanging files did not start")
-      os.execute("kill -INT " .. pid)
-      local out = p:read("a")
-      local _, _, code = p:close()
-      rmdir(d)
-      assert.are.equal(130, code, out)
-      assert.is_truthy(out:find("1 success / 0 failures / 0 errors / 0 pending", 1, true), out)
-      assert.is_truthy(out:find("interrupted: 2 of 3 spec files did not run", 1, true), out)
-      for _, w in ipairs(workers) do
-        assert.is_false(exists("/proc/" .. w .. "/stat"), "worker " .. w .. " is left")
-      end
-    end)
-  end)
-
   describe("options", function()
     it("refuses --no-auto-insulate by name", function()
       local _, code, err = loom_busted("basic", { "--no-auto-insulate", "-p", "_check" })
@@ -434,39 +228,6 @@ describe("loom-busted", function()
       assert.are.equal(pcode, lcode)
       assert.is_truthy(perr:find("LuaCov not found", 1, true))
       assert.is_truthy(lerr:find("LuaCov not found", 1, true))
-    end)
-  end)
-
-  describe("the times of earlier runs", function()
-    it("are kept, and the longest file runs first; the report keeps busted's order", function()
-      local d = tmpdir()
-      for _, name in ipairs({ "a", "b", "c" }) do
-        local f = assert(io.open(d .. "/" .. name .. "_check.lua", "w"))
-        f:write(([[
-it("%s", function()
-  local f = io.open(os.getenv("LOOM_BUSTED_FIXTURE_DIR") .. "/order", "a")
-  f:write("%s")
-  f:close()
-end)
-]]):format(name, name))
-        f:close()
-      end
-      local f = assert(io.open(d .. "/.loom-busted-times", "w"))
-      f:write("0.5\t./b_check.lua\n2.5\t./c_check.lua\n")
-      f:close()
-      local line = ("cd %s && env -u LOOM_BUSTED_TIMES %s LOOM_BUSTED_FIXTURE_DIR=%s timeout %d lua5.4 %s -j 1 " ..
-        "-p _check -o TAP ."):format(q(d), LOOM_ENV, q(d), LIMIT, q(ROOT .. "/bin/loom-busted"))
-      local p = io.popen(line)
-      local out = p:read("a")
-      p:close()
-      -- a (no time yet) first, then c (2.5 s), then b (0.5 s)
-      assert.are.equal("acb", read_file(d .. "/order"))
-      assert.are.equal("ok 1 - a\nok 2 - b\nok 3 - c\n1..3\n", out)
-      local times = read_file(d .. "/.loom-busted-times")
-      for _, name in ipairs({ "a", "b", "c" }) do
-        assert.is_truthy(times:find("\t./" .. name .. "_check.lua\n", 1, true), times)
-      end
-      rmdir(d)
     end)
   end)
 end)
