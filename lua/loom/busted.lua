@@ -192,25 +192,58 @@ local function new_encoder(busted)
     return v
   end
 
+  -- What was last sent of each element: field -> value (tables by
+  -- identity: a table field is sent again only when the element holds
+  -- another table there; busted builds them before an element's events).
+  local sent = {}
+
   -- An element's fields, but not its env (busted's handlers never copy it)
   function element_fields(e)
-    local c, seen = {}, {}
+    local c, seen, raw = {}, {}, {}
     for k, v in next, e do
-      if k ~= "env" and type(k) == "string" then c[k] = copy(v, seen) end
+      if k ~= "env" and type(k) == "string" then
+        c[k] = copy(v, seen)
+        raw[k] = v
+      end
     end
+    sent[e] = raw
     return c
   end
 
-  -- One event as a record: c channel, a args (n of them), s snapshots of
-  -- the elements among the top-level args, d elements defined.
+  -- The fields of e that changed since they were last sent: { set = fields,
+  -- del = keys }, or nil.
+  local function delta(e)
+    local raw = sent[e]
+    local set, del, seen
+    for k, v in next, e do
+      if k ~= "env" and type(k) == "string" and raw[k] ~= v then
+        seen = seen or {}
+        set = set or {}
+        set[k] = copy(v, seen)
+        raw[k] = v
+      end
+    end
+    for k in next, raw do
+      if e[k] == nil then
+        del = del or {}
+        del[#del + 1] = k
+        raw[k] = nil
+      end
+    end
+    return (set or del) and { set = set or {}, del = del } or nil
+  end
+
+  -- One event as a record: c channel, a args (n of them), s what changed
+  -- in the elements among the top-level args, d elements defined.
   function enc.event(channel, n, ...)
     defs = {}
     local args, snaps, seen = {}, {}, {}
     for i = 1, n do
       local v = select(i, ...)
       if type(v) == "table" and is_element(v) and v ~= root then
+        local known = ids[v] ~= nil
         args[i] = ref(v)
-        snaps[ids[v]] = element_fields(v)
+        if known then snaps[ids[v]] = delta(v) end
       else
         args[i] = copy(v, seen)
       end
@@ -725,7 +758,11 @@ local function new_replayer(busted)
       end
       if next(p) == nil then fill(st, p, d.fields) end
     end
-    for id, fields in pairs(rec.s) do fill(st, proxy(st, id), fields) end
+    for id, ch in pairs(rec.s) do
+      local p = proxy(st, id)
+      for k, v in next, ch.set do p[k] = decode(st, v) end
+      for _, k in ipairs(ch.del or {}) do p[k] = nil end
+    end
   end
 
   -- busted.safe for a replayed publish: an error raised by a subscriber
