@@ -24,7 +24,9 @@
 
 local M = {}
 
-local unpack = table.unpack
+-- (kept here: a spec file may replace the library's functions while it runs)
+local unpack, spack, sunpack = table.unpack, string.pack, string.unpack
+local stdout, stderr = io.stdout, io.stderr
 local APP = "loom-busted"
 
 -- Options of loom-busted itself; everything else goes to busted's parser.
@@ -326,9 +328,9 @@ local function new_capture(job)
     cap.fd[fd], cap.pos[fd] = f, size
   end
   -- line buffered, as on a terminal: a crash loses no whole line
-  io.stdout:setvbuf("line")
+  stdout:setvbuf("line")
   function cap.take(fd)
-    if fd == 1 then io.stdout:flush() else io.stderr:flush() end
+    if fd == 1 then stdout:flush() else stderr:flush() end
     local f = cap.fd[fd]
     f:seek("set", cap.pos[fd])
     local s = f:read("a")
@@ -558,7 +560,7 @@ function M._worker(job)
   local ev = assert(io.open(job.events, "wb"))
   local function out(rec)
     local s = machinery.loom.encode(rec)
-    ev:write(string.pack(">s4", s))
+    ev:write(spack(">s4", s))
     ev:flush()
   end
   load_machinery()
@@ -627,7 +629,7 @@ local function read_events(loom, path)
   local s = read_from(path, 0) or ""
   local recs, pos = {}, 1
   while pos + 4 <= #s + 1 do
-    local len = string.unpack(">I4", s, pos)
+    local len = sunpack(">I4", s, pos)
     if pos + 4 + len - 1 > #s then break end
     local ok, rec = pcall(loom.decode, s:sub(pos + 4, pos + 3 + len))
     if not ok then break end
