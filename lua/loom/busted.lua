@@ -926,9 +926,8 @@ function M._run(argv)
 
   -- The spec files, as busted finds and loads (compiles) them: a file that
   -- does not compile is an error now, before the suite starts, as in busted.
-  local loadTestFiles, loadTestFile, getAllTestFiles =
+  local _, loadTestFile, getAllTestFiles =
     require "busted.modules.test_file_loader"(busted, cliArgs.loaders)
-  local _ = loadTestFiles
   local names = getAllTestFiles(cliArgs.ROOT, cliArgs.pattern, {
     excludes = cliArgs["exclude-pattern"], verbose = cliArgs.verbose,
     recursive = cliArgs.recursive })
