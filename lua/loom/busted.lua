@@ -17,7 +17,9 @@
 -- to that point; the parent replays them and reports the rest as an error
 -- of the file.
 --
--- bin/loom-busted calls `run(arg)`; `_worker` is what a worker process runs.
+-- bin/loom-busted calls `run(arg)` (which, as busted, changes directory for
+-- -C; it may be called again in the same state); `_worker` is what a
+-- worker process runs.
 -- This module is not built into the core (the Makefile leaves it out of
 -- src/embed.lua's list): it is a command's logic, it needs busted, and
 -- worker processes find it on package.path, which they inherit.
@@ -819,6 +821,8 @@ function M.run(argv)
   return 1
 end
 
+local init_mt   -- busted's init module's own metatable (see M._run)
+
 function M._run(argv)
   local own, rest = M.parse_own(argv)
   local path = require "pl.path"
@@ -875,7 +879,12 @@ function M._run(argv)
   end
 
   local loom = require "loom"
-  require "busted"(busted)
+  -- busted's init module replaces its own metatable (its __call) when
+  -- called: keep the first one, so that run can be called again
+  local init = require "busted"
+  init_mt = init_mt or getmetatable(init)
+  setmetatable(init, init_mt)
+  init(busted)
 
   local failures, errors = 0, 0
   local quit_on_error = not cliArgs["keep-going"]
