@@ -255,7 +255,6 @@ local function new_encoder(busted)
     return { c = channel, n = n, a = args, s = snaps, d = defs }
   end
 
-  enc.ids = ids
   return enc
 end
 
@@ -1141,12 +1140,13 @@ local function replay_entry(replay, e)
     for _, r in ipairs(streams[1].recs) do emit(streams[1].st, r) end
     return
   end
-  -- the file element is one element in every part
+  -- the file element is one element in every part (the first part's)
   local file_proxy
   for p, s in ipairs(streams) do
     for _, r in ipairs(s.recs) do
       if r.c and r.c[1] == "file" and type(r.a[1]) == "table" and r.a[1][REF] then
         local id = r.a[1][REF]
+        s.file_id = id
         if p == 1 then file_proxy = replay.proxy(s.st, id)
         elseif file_proxy then s.st.proxies[id] = file_proxy end
         break
@@ -1168,8 +1168,13 @@ local function replay_entry(replay, e)
         held = {}
         list[#list + 1] = { s.st, r }
       elseif r.d and #r.d > 0 then
-        -- a dropped record still defines elements
-        replay.define(s.st, r)
+        -- a dropped record still defines the elements it names first
+        -- (not the file element, which is the first part's)
+        local defs = {}
+        for _, d in ipairs(r.d) do
+          if d.id ~= s.file_id then defs[#defs + 1] = d end
+        end
+        replay.define(s.st, { d = defs, s = {} })
       end
     end
     for _, x in ipairs(held) do tail[#tail + 1] = { s.st, x } end
