@@ -648,11 +648,14 @@ local function tmpdir(lfs)
   return dir
 end
 
+-- (the names first: removing entries while reading a folder may skip some)
 local function rmtree(lfs, dir)
+  local names = {}
   for name in lfs.dir(dir) do
-    if name ~= "." and name ~= ".." then os.remove(dir .. "/" .. name) end
+    if name ~= "." and name ~= ".." then names[#names + 1] = name end
   end
-  lfs.rmdir(dir)
+  for _, name in ipairs(names) do os.remove(dir .. "/" .. name) end
+  assert(lfs.rmdir(dir))
 end
 
 -- The times cache: file -> seconds, from earlier runs; in the folder the
