@@ -705,10 +705,20 @@ class Bench:
             del handle
             if not (isinstance(v, int) and v >= 2):
                 raise RowError("the task gave %r, not a re-delivery" % (v,))
-            log("%s %s: %.3f s (delivery %d)" % (peer.name, row, dt, v))
+            log("%s %s: %.3f s (delivery %d, %s)"
+                % (peer.name, row, dt, v, self.where(peer, r, key, w)))
             return dt
         finally:
             peer.stop()
+
+    def where(self, peer, r, key, killed):
+        """Which worker ran the last delivery, for the progress line."""
+        pid = int(r.lrange(key + ":started", -1, -1)[0].split()[0])
+        for w in peer.workers:
+            if pid in tree(w.pid):
+                return "on the same worker" if w is killed \
+                    else "on the other worker"
+        return "in a process that has ended since (pid %d)" % pid
 
     def run(self):
         a = self.args
