@@ -752,6 +752,8 @@ class Bench:
                 for p in ready:   # warm-up: imports, connections, caches
                     try:
                         p.w1(min(200, a.tasks), time.monotonic() + 60)
+                        p.w1_map(min(2 * a.chunk, a.tasks), a.chunk,
+                                 time.monotonic() + 60)
                     except Exception as e:
                         log("%s warm-up failed: %s" % (p.name, e))
                 self.throughput(ready)
