@@ -499,9 +499,13 @@ class DaskPeer(Peer):
         env["DASK_CONFIG"] = tmp   # no ~/.config/dask written or read
         if recover:
             env["DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL"] = DASK_WORKER_TTL
+        # Even with --no-dashboard, the scheduler and each worker serve HTTP
+        # (health, metrics) on the dashboard address, by default on every
+        # interface (the scheduler on :8787): keep them on loopback.
         sched = self.bench.procs.start(tag + "-scheduler", [
             PY, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-            "--port", "0", "--no-dashboard", "--scheduler-file", sfile],
+            "--port", "0", "--no-dashboard", "--dashboard-address",
+            "127.0.0.1:0", "--scheduler-file", sfile],
             env=env)
         self.workers.append(sched)
         wait_until("dask-scheduler", lambda: os.path.exists(sfile), 60,
@@ -512,7 +516,7 @@ class DaskPeer(Peer):
                 [PY, "-m", "distributed.cli.dask_worker",
                  "--scheduler-file", sfile, "--host", "127.0.0.1",
                  "--nthreads", "1", "--nworkers", "1", "--nanny",
-                 "--no-dashboard",
+                 "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
                  "--local-directory", os.path.join(tmp, "w%d" % i)],
                 env=env))
         # The file can appear before it is complete: read it when it parses.
