@@ -17,6 +17,9 @@ PREFIX     ?= /usr/local
 INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
 INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 BUSTED     ?= busted
+# loom-busted options for make test, e.g. TEST_JOBS=-j4 (default: a worker
+# per processor)
+TEST_JOBS  ?=
 
 SRC  = src/alloc.c src/intr.c src/transfer.c src/encode.c src/decode.c \
        src/channel.c src/future.c src/task.c \
@@ -45,7 +48,9 @@ ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
 # loom in needs no Lua files, nor do worker states.
 GENDIR ?= build/gen
 GEN = $(GENDIR)/loom_lua.h
-LUA_MODULES = $(sort $(wildcard lua/loom/*.lua))
+# (not loom/busted.lua: loom-busted's logic, which needs busted, is found
+# on package.path by the command and its workers alike)
+LUA_MODULES = $(sort $(filter-out lua/loom/busted.lua,$(wildcard lua/loom/*.lua)))
 ALL_CFLAGS += -I$(GENDIR)
 
 LUA_LIBDIR ?= $(shell pkg-config --variable=libdir lua5.4 2>/dev/null)
@@ -55,8 +60,11 @@ BUSTED_BIN  = $(shell command -v busted)
 # Runs a script against this checkout's build.
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
+# ... and against the test build, which has the specs' hooks.
+RUN_TESTS = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
+            LUA_CPATH_5_4='$(CURDIR)/$(patsubst %/loom/core.so,%,$(TEST_SO))/?.so;;'
 
-.PHONY: all install test demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot callgrind fuzz soak clean
+.PHONY: all install test test-serial demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot callgrind fuzz soak clean
 .PHONY: embed embed-valgrind
 
 all: $(SO) $(TEST_SO)
@@ -95,10 +103,14 @@ $(TEST_SO): $(TEST_OBJ)
 	@mkdir -p $(dir $(TEST_SO))
 	$(CC) $(LIBFLAG) -o $@ $(TEST_OBJ) -pthread $(EXTRA_LDFLAGS)
 
+# bin/loom-busted goes to INST_BINDIR; LuaRocks sets it empty and installs
+# the command itself (build.install.bin, with a wrapper that finds the tree).
+INST_BINDIR ?= $(PREFIX)/bin
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/loom $(DESTDIR)$(INST_LUADIR)/loom
 	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/loom/core.so
 	install -m 0644 lua/loom/*.lua $(DESTDIR)$(INST_LUADIR)/loom/
+	$(if $(INST_BINDIR),install -d $(DESTDIR)$(INST_BINDIR) && install -m 0755 bin/loom-busted $(DESTDIR)$(INST_BINDIR)/loom-busted)
 
 # A source rock, loom-$(VERSION)-1.src.rock, from this checkout: the tracked
 # files as they are now (committed or not) in loom-$(VERSION).tar.gz, with
@@ -143,6 +155,10 @@ test: test-deps
 	@sh .ci/deps.sh liblua5.3-dev || echo "loom: no Lua 5.3 headers, so the version guard spec is pending"
 	@sh .ci/deps.sh lua-luv lua-cqueues || echo "loom: no lua-luv or lua-cqueues, so the event loop specs are pending"
 	$(MAKE) all
+	$(RUN_TESTS) $(LUA) bin/loom-busted $(TEST_JOBS) -o utfTerminal spec
+
+# The specs through plain busted, one file after the other.
+test-serial: test-deps all
 	$(BUSTED) --lua=$(LUA) -o utfTerminal spec
 
 demo: deps
@@ -182,6 +198,7 @@ asan tsan: %: test-deps build/%/host build/%/loom/core.so
 bench: deps all
 	sh .ci/deps.sh python3
 	$(RUN_LOCAL) LUA=$(LUA) sh bench/run.sh
+	$(RUN_TESTS) LUA=$(LUA) $(LUA) bench/busted_bench.lua
 
 bench-plot: deps all
 	sh .ci/deps.sh gnuplot python3

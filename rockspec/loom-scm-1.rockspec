@@ -40,6 +40,10 @@ build = {
     LUA = "$(LUA)",
     INST_LIBDIR = "$(LIBDIR)",
     INST_LUADIR = "$(LUADIR)",
+    INST_BINDIR = "",   -- the command: LuaRocks installs it (install.bin)
+  },
+  install = {
+    bin = { ["loom-busted"] = "bin/loom-busted" },
   },
 }
 -- `luarocks test` first makes sure of test_dependencies, and LuaRocks 3.8

@@ -35,10 +35,15 @@ describe("loom's Lua modules built into the core", function()
     assert.is_true(#files >= 3, output)
     for _, file in ipairs(files) do
       local name = file:match("^lua/(.*)%.lua$"):gsub("/init$", ""):gsub("/", ".")
-      assert.are.equal(read_file(file), core._builtin(name), name)
-      assert.are.equal("function", type(package.preload[name]), name)
+      if name ~= "loom.busted" then
+        assert.are.equal(read_file(file), core._builtin(name), name)
+        assert.are.equal("function", type(package.preload[name]), name)
+      end
     end
     assert.is_nil(core._builtin("loom.nonexistent"))
+    -- loom-busted's logic needs busted, and the command and its workers
+    -- find it on package.path: it stays out of the core
+    assert.is_nil(core._builtin("loom.busted"))
   end)
 
   it("serve require 'loom' with no Lua files on the path, in the state and in tasks", function()

@@ -5,6 +5,8 @@
 -- error ended the script and the process exited.  The task waits on a
 -- channel, which the program's end closes, so the exit does not wait for
 -- it.  Every child runs under `timeout`: a hang fails the test.
+-- loom-busted: alone (it sends signals, and waits busily for a child to
+-- sleep: it runs with nothing beside it under `make test`)
 
 local helpers = require "spec.support.helpers"
 local reliability = require "spec.support.reliability"
