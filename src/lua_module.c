@@ -2,7 +2,9 @@
 ** lua_module.c -- the Lua binding's entry: luaopen_loom_core, the
 ** per-state module record, and the module's own functions (encode,
 ** decode, cpu_count...).  The classes live in lua_future.c,
-** lua_executor.c and lua_channel.c; each registers itself from here.
+** lua_executor.c, lua_channel.c and lua_queue.c; each registers itself
+** from here.  What they share is in lua_aux.c; the specs' hooks, in test
+** builds only, in lua_tests.c.
 **
 ** Per state that loads the module there is one module record (a
 ** userdata, upvalue 1 of every binding function).  It remembers the
