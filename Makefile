@@ -21,13 +21,24 @@ BUSTED     ?= busted
 # per processor)
 TEST_JOBS  ?=
 
-SRC  = src/alloc.c src/transfer.c src/channel.c src/future.c src/task.c \
-       src/pool.c src/procpool.c src/procworker.c src/lua_module.c src/lua_future.c src/lua_executor.c \
+SRC  = src/alloc.c src/intr.c src/transfer.c src/encode.c src/decode.c \
+       src/channel.c src/future.c src/task.c \
+       src/pool.c src/procpool.c src/procspawn.c src/procworker.c \
+       src/lua_aux.c src/lua_module.c src/lua_future.c src/lua_executor.c \
        src/lua_channel.c
 # completion queues; loom's Lua modules built into the core
 SRC += src/lua_queue.c src/lua_preload.c
-HDR  = src/loom.h
+HDR  = src/loom.h src/proc.h
 SO  ?= loom/core.so
+
+# The specs' hooks (core._roundtrip, _failpoint, ...) live in
+# src/lua_tests.c, as Lua keeps its own in ltests.c: they are built only
+# into the cores the specs load, $(TEST_SO) here and the sanitizer builds
+# below (-DLOOM_TESTS), never into $(SO), which make install, LuaRocks
+# and make rock ship.  'make' builds both, so that busted runs from the
+# checkout (.busted loads $(TEST_SO)).
+TEST_SRC = src/lua_tests.c
+TEST_SO ?= build/test/loom/core.so
 
 ALL_CFLAGS = $(WARN) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
              -I$(LUA_INCDIR) $(CFLAGS) $(EXTRA_CFLAGS)
@@ -49,11 +60,14 @@ BUSTED_BIN  = $(shell command -v busted)
 # Runs a script against this checkout's build.
 RUN_LOCAL = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
             LUA_CPATH_5_4='$(CURDIR)/?.so;;'
+# ... and against the test build, which has the specs' hooks.
+RUN_TESTS = LUA_PATH_5_4='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' \
+            LUA_CPATH_5_4='$(CURDIR)/$(patsubst %/loom/core.so,%,$(TEST_SO))/?.so;;'
 
 .PHONY: all install test test-serial demo deps test-deps doc check lint asan tsan valgrind failpoints bench bench-plot callgrind fuzz soak clean
 .PHONY: embed embed-valgrind
 
-all: $(SO)
+all: $(SO) $(TEST_SO)
 
 # One object per source: a build against the wrong Lua headers stops at
 # the first file, with its one #error line (-Wfatal-errors: nothing after).
@@ -74,6 +88,20 @@ $(GEN): $(LUA_MODULES) src/embed.lua
 $(SO): $(OBJ)
 	@mkdir -p $(dir $(SO))
 	$(CC) $(LIBFLAG) -o $@ $(OBJ) -pthread $(EXTRA_LDFLAGS)
+
+# The test core: the same objects, but lua_module.c built again with
+# -DLOOM_TESTS, and lua_tests.c.
+TEST_OBJDIR = $(OBJDIR)/test
+TEST_OBJ = $(filter-out $(OBJDIR)/lua_module.o,$(OBJ)) \
+           $(TEST_OBJDIR)/lua_module.o $(TEST_OBJDIR)/lua_tests.o
+
+$(TEST_OBJDIR)/%.o: src/%.c $(HDR)
+	@mkdir -p $(TEST_OBJDIR)
+	$(CC) $(ALL_CFLAGS) -DLOOM_TESTS -Wfatal-errors -c -o $@ $<
+
+$(TEST_SO): $(TEST_OBJ)
+	@mkdir -p $(dir $(TEST_SO))
+	$(CC) $(LIBFLAG) -o $@ $(TEST_OBJ) -pthread $(EXTRA_LDFLAGS)
 
 # bin/loom-busted goes to INST_BINDIR; LuaRocks sets it empty and installs
 # the command itself (build.install.bin, with a wrapper that finds the tree).
@@ -127,7 +155,7 @@ test: test-deps
 	@sh .ci/deps.sh liblua5.3-dev || echo "loom: no Lua 5.3 headers, so the version guard spec is pending"
 	@sh .ci/deps.sh lua-luv lua-cqueues || echo "loom: no lua-luv or lua-cqueues, so the event loop specs are pending"
 	$(MAKE) all
-	$(RUN_LOCAL) $(LUA) bin/loom-busted $(TEST_JOBS) -o utfTerminal spec
+	$(RUN_TESTS) $(LUA) bin/loom-busted $(TEST_JOBS) -o utfTerminal spec
 
 # The specs through plain busted, one file after the other.
 test-serial: test-deps all
@@ -150,10 +178,11 @@ SAN_ENV     = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_afte
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
               TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/spec/host/tsan.supp"
 
-build/%/loom/core.so: $(SRC) $(HDR) $(GEN)
+build/%/loom/core.so: $(SRC) $(TEST_SRC) $(HDR) $(GEN)
 	@mkdir -p $(dir $@)
 	$(SAN_CC) $(WARN) -fPIC -D_POSIX_C_SOURCE=200809L -I$(LUA_INCDIR) -I$(GENDIR) \
-	  $($(shell echo $* | tr a-z A-Z)_FLAGS) -shared -o $@ $(SRC) -pthread
+	  -DLOOM_TESTS $($(shell echo $* | tr a-z A-Z)_FLAGS) -shared -o $@ \
+	  $(SRC) $(TEST_SRC) -pthread
 
 build/%/host: spec/host/host.c
 	@mkdir -p $(dir $@)
@@ -169,7 +198,7 @@ asan tsan: %: test-deps build/%/host build/%/loom/core.so
 bench: deps all
 	sh .ci/deps.sh python3
 	$(RUN_LOCAL) LUA=$(LUA) sh bench/run.sh
-	$(RUN_LOCAL) LUA=$(LUA) $(LUA) bench/busted_bench.lua
+	$(RUN_TESTS) LUA=$(LUA) $(LUA) bench/busted_bench.lua
 
 bench-plot: deps all
 	sh .ci/deps.sh gnuplot python3

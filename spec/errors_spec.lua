@@ -71,12 +71,33 @@ describe("option values", function()
     { { memory_limit = "1MB" }, 'memory_limit must be an integer >= 1, got string "1MB"' },
     { { memory_limit = {} }, "memory_limit must be an integer >= 1, got table" },
   }
-  for _, case in ipairs(EXECUTOR_CASES) do
-    it("of executor: " .. case[2], function()
-      assert.are.equal("bad argument #1 to 'executor' (" .. case[2] .. ")",
-        message(loom.executor, case[1]))
-    end)
+  -- One checker for every kind of executor, in the same words (issue 19;
+  -- issue 17, defect 6: the process pool refused task_timeout = 2e9 with a
+  -- message of its own).
+  for _, kind in ipairs { "executor", "process_executor" } do
+    for _, case in ipairs(EXECUTOR_CASES) do
+      it("of " .. kind .. ": " .. case[2], function()
+        assert.are.equal("bad argument #1 to '" .. kind .. "' (" .. case[2] .. ")",
+          message(loom[kind], case[1]))
+      end)
+    end
   end
+
+  it("of process_executor: workers past the most are refused as the executor's are", function()
+    assert.are.equal("bad argument #1 to 'process_executor' (workers must be at most 4096, got number 5000)",
+      message(loom.process_executor, 5000))
+    assert.are.equal("bad argument #1 to 'executor' (workers must be at most 4096, got number 5000)",
+      message(loom.executor, 5000))
+  end)
+
+  it("task_timeout = 2e9 (or more) is taken by both pools, and their tasks run", function()
+    for _, make in ipairs { loom.executor, loom.process_executor } do
+      for _, t in ipairs { 2e9, 1e12 } do
+        local ex <close> = make { workers = 1, task_timeout = t }
+        assert.are.equal(42, ex:submit(function() return 42 end):result(PATIENCE))
+      end
+    end
+  end)
 
   it("of executor: task_timeout = NaN is refused", function()
     helpers.assert_contains(message(loom.executor, { task_timeout = 0 / 0 }),

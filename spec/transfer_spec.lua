@@ -170,7 +170,8 @@ describe("transfer", function()
 
   describe("arrays of numbers", function()
     -- On Lua 5.4 the copier reads and writes the numbers of an array part
-    -- in place (transfer.c); core._inplace_arrays(false) turns that off.
+    -- in place (encode.c, decode.c); core._inplace_arrays(false) turns
+    -- that off.
     -- Both ways must write the same bytes and read back the same tables.
     local function shapes()
       local out = {}

@@ -7,6 +7,7 @@
 ** process-wide counters below; the normal build has no state here.
 */
 #include <stdlib.h>
+#include <string.h>
 
 #include "loom.h"
 
@@ -59,6 +60,13 @@ void *loom_realloc(void *p, size_t n) {
 }
 
 void loom_free(void *p) { free(p); }
+
+char *loom_strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = (char *)loom_malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
 
 int loom_grow(void **arr, int *cap, size_t elem) {
   int ncap = *cap ? *cap * 2 : 8;

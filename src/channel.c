@@ -4,7 +4,9 @@
 ** A channel is the one value that crosses between states by reference:
 ** every handle (a userdata in some state) and every message that refers
 ** to it holds one reference.  ch->mu guards the ring and the flags; no
-** Lua call is ever made with it held.
+** Lua call is ever made with it held.  A handle is made here too, since
+** the copier makes one for every channel it receives (the binding,
+** lua_channel.c, gives handles their methods).
 */
 #include <errno.h>
 #include <string.h>
@@ -67,14 +69,15 @@ static int sleep_on(loom_chan *c, pthread_cond_t *cv,
   return !loom_intr_fired(in);
 }
 
-int loom_chan_push(loom_chan *c, loom_msg *m,
-                   const struct timespec *deadline, loom_intr *in) {
+loom_push_result loom_chan_push(loom_chan *c, loom_msg *m,
+                                const struct timespec *deadline,
+                                loom_intr *in) {
   int entered = 0;
   pthread_mutex_lock(&c->mu);
   while (!c->closed && c->capacity && c->count >= c->capacity) {
     if (!entered) {   /* publish the condition only when about to sleep */
       pthread_mutex_unlock(&c->mu);
-      if (!before(deadline)) return 2;
+      if (!before(deadline)) return LOOM_PUSH_FULL;
       loom_intr_enter(in, &c->mu, &c->can_push);
       entered = 1;
       pthread_mutex_lock(&c->mu);
@@ -83,13 +86,13 @@ int loom_chan_push(loom_chan *c, loom_msg *m,
     if (!sleep_on(c, &c->can_push, deadline, in)) {
       pthread_mutex_unlock(&c->mu);
       loom_intr_leave(in);
-      return 2;
+      return LOOM_PUSH_FULL;
     }
   }
   if (c->closed) {
     pthread_mutex_unlock(&c->mu);
     if (entered) loom_intr_leave(in);
-    return 1;
+    return LOOM_PUSH_CLOSED;
   }
   if (c->count == c->size) {  /* grow the ring, keeping order */
     size_t nsize = c->size ? c->size * 2 : 8, i;
@@ -97,7 +100,7 @@ int loom_chan_push(loom_chan *c, loom_msg *m,
     if (r == NULL) {
       pthread_mutex_unlock(&c->mu);
       if (entered) loom_intr_leave(in);
-      return -1;
+      return LOOM_PUSH_NOMEM;
     }
     for (i = 0; i < c->count; i++) r[i] = c->ring[(c->head + i) % c->size];
     loom_free(c->ring);
@@ -110,29 +113,30 @@ int loom_chan_push(loom_chan *c, loom_msg *m,
   pthread_cond_signal(&c->can_pop);
   pthread_mutex_unlock(&c->mu);
   if (entered) loom_intr_leave(in);
-  return 0;
+  return LOOM_PUSH_OK;
 }
 
-int loom_chan_pop(loom_chan *c, const struct timespec *deadline,
-                  loom_intr *in, loom_msg **out) {
-  int r = 0, entered = 0;
+loom_pop_result loom_chan_pop(loom_chan *c, const struct timespec *deadline,
+                              loom_intr *in, loom_msg **out) {
+  loom_pop_result r = LOOM_POP_OK;
+  int entered = 0;
   pthread_mutex_lock(&c->mu);
   while (c->count == 0 && !c->closed) {
     if (!entered) {   /* publish the condition only when about to sleep */
       pthread_mutex_unlock(&c->mu);
-      if (!before(deadline)) return 2;
+      if (!before(deadline)) return LOOM_POP_EMPTY;
       loom_intr_enter(in, &c->mu, &c->can_pop);
       entered = 1;
       pthread_mutex_lock(&c->mu);
       continue;
     }
     if (!sleep_on(c, &c->can_pop, deadline, in)) {
-      if (c->count == 0 && !c->closed) r = 2;
+      if (c->count == 0 && !c->closed) r = LOOM_POP_EMPTY;
       break;
     }
   }
-  if (r == 0) {
-    if (c->count == 0) r = 1;  /* closed and empty */
+  if (r == LOOM_POP_OK) {
+    if (c->count == 0) r = LOOM_POP_CLOSED;  /* and empty */
     else {
       *out = c->ring[c->head];
       c->head = (c->head + 1) % c->size;
@@ -159,4 +163,19 @@ size_t loom_chan_count(loom_chan *c) {
   n = c->count;
   pthread_mutex_unlock(&c->mu);
   return n;
+}
+
+/* ---------------------------------------------------------------- handles */
+
+loom_chan *loom_tochannel(lua_State *L, int idx) {
+  loom_chandle *h = (loom_chandle *)luaL_testudata(L, idx, LOOM_CHANNEL);
+  return h ? h->c : NULL;
+}
+
+void loom_pushchannel(lua_State *L, loom_chan *c) {
+  loom_chandle *h = (loom_chandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h->c = NULL;
+  luaL_setmetatable(L, LOOM_CHANNEL);
+  loom_chan_incref(c);
+  h->c = c;
 }

@@ -36,30 +36,6 @@
 
 #include "loom.h"
 
-void loom_deadline(struct timespec *ts, double secs) {
-  clock_gettime(CLOCK_MONOTONIC, ts);
-  if (secs > 1e9) secs = 1e9;   /* far enough: avoids time_t overflow */
-  ts->tv_sec += (time_t)secs;
-  ts->tv_nsec += (long)((secs - (double)(time_t)secs) * 1e9);
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
-}
-
-double loom_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-char *loom_strdup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = (char *)loom_malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
-}
-
 /* ---------------------------------------------------------------- scheds */
 
 void loom_sched_init(loom_sched *s, const loom_sched_ops *ops) {
@@ -205,6 +181,8 @@ int loom_sched_admit(loom_sched *s, loom_future *f, int stopping,
   return 0;
 }
 
+static void wakefd_drain(loom_wakefd *e);
+
 /* --------------------------------------------------------------- waiters */
 
 void loom_waiter_init(loom_waiter *w, int queue) {
@@ -283,59 +261,10 @@ loom_wlink *loom_waiter_pop_locked(loom_waiter *w) {
     w->dhead = l->dnext;
     if (w->dhead == NULL) {
       w->dtail = NULL;
-      if (w->wake) loom_wakefd_drain(w->wake);
+      if (w->wake) wakefd_drain(w->wake);
     }
   }
   return l;
-}
-
-/* ------------------------------------------------------ interrupt points */
-
-void loom_intr_init(loom_intr *in) {
-  memset(in, 0, sizeof *in);
-  pthread_mutex_init(&in->mu, NULL);
-  atomic_init(&in->gen, 0);
-  atomic_init(&in->stop, 0);
-  atomic_init(&in->nchain, 0);
-  atomic_init(&in->busy, 0);
-}
-
-void loom_intr_destroy(loom_intr *in) {
-  pthread_mutex_destroy(&in->mu);
-}
-
-int loom_intr_fired(loom_intr *in) {
-  return in != NULL
-         && atomic_load_explicit(&in->stop, memory_order_acquire)
-            == atomic_load_explicit(&in->gen, memory_order_relaxed);
-}
-
-/* The check of loom_intr_fired and the sleep happen under the published
-** mutex, and a stopper sets 'stop' before it takes in->mu and then that
-** mutex to signal: either the sleeper sees the flag, or it is asleep and
-** gets the signal. */
-void loom_intr_enter(loom_intr *in, pthread_mutex_t *mu,
-                     pthread_cond_t *cv) {
-  if (in == NULL) return;
-  pthread_mutex_lock(&in->mu);
-  in->wmu = mu;
-  in->wcv = cv;
-  pthread_mutex_unlock(&in->mu);
-}
-
-void loom_intr_leave(loom_intr *in) {
-  if (in == NULL) return;
-  pthread_mutex_lock(&in->mu);
-  in->wmu = NULL;
-  in->wcv = NULL;
-  pthread_mutex_unlock(&in->mu);
-}
-
-void loom_intr_wake_locked(loom_intr *in) {
-  if (in->wmu == NULL) return;
-  pthread_mutex_lock(in->wmu);
-  pthread_cond_broadcast(in->wcv);
-  pthread_mutex_unlock(in->wmu);
 }
 
 /* ------------------------------------------------------- wake descriptors */
@@ -394,7 +323,7 @@ void loom_wakefd_signal(loom_wakefd *e) {
   (void)n;
 }
 
-void loom_wakefd_drain(loom_wakefd *e) {
+static void wakefd_drain(loom_wakefd *e) {
   ssize_t n;
   if (!e->up) return;
   e->up = 0;

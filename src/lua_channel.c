@@ -11,26 +11,9 @@
 
 #include "loom.h"
 
-
-typedef struct chandle {
-  loom_chan *c;
-} chandle;
-
-loom_chan *loom_tochannel(lua_State *L, int idx) {
-  chandle *h = (chandle *)luaL_testudata(L, idx, LOOM_CHANNEL);
-  return h ? h->c : NULL;
-}
-
-void loom_pushchannel(lua_State *L, loom_chan *c) {
-  chandle *h = (chandle *)lua_newuserdatauv(L, sizeof *h, 0);
-  h->c = NULL;
-  luaL_setmetatable(L, LOOM_CHANNEL);
-  loom_chan_incref(c);
-  h->c = c;
-}
-
 static loom_chan *checkchannel(lua_State *L, int idx) {
-  chandle *h = (chandle *)loom_checkud(L, idx, LOOM_UV_CHANNEL, LOOM_CHANNEL);
+  loom_chandle *h = (loom_chandle *)loom_checkud(L, idx, LOOM_UV_CHANNEL,
+                                                 LOOM_CHANNEL);
   if (h->c == NULL) luaL_argerror(L, idx, "channel is not initialised");
   return h->c;
 }
@@ -55,9 +38,9 @@ void loom_close_channels(loom_mstate *ms) {
 static int channel_new(lua_State *L) {
   loom_mstate *ms = loom_getmstate(L);
   lua_Integer cap = luaL_optinteger(L, 1, 0);
-  chandle *h;
+  loom_chandle *h;
   luaL_argcheck(L, cap >= 0, 1, "capacity must be >= 0");
-  h = (chandle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h = (loom_chandle *)lua_newuserdatauv(L, sizeof *h, 0);
   h->c = NULL;
   luaL_setmetatable(L, LOOM_CHANNEL);
   if (ms->nchans >= ms->prunechans) prune_chans(ms);
@@ -73,7 +56,7 @@ static int channel_new(lua_State *L) {
 }
 
 static int channel_gc(lua_State *L) {
-  chandle *h = (chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
+  loom_chandle *h = (loom_chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
   if (h->c) loom_chan_decref(h->c);
   h->c = NULL;
   return 0;
@@ -84,27 +67,27 @@ static const struct timespec past = { 0, 0 };   /* do not wait */
 static int channel_push(lua_State *L) {
   loom_chan *c = checkchannel(L, 1);
   loom_msg *m, **box;
-  int r;
+  loom_push_result r;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot push nil");
   lua_settop(L, 2);
   box = loom_msgbox(L);   /* owns the message while Lua may run */
-  *box = m = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, 1);
+  *box = m = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, LOOM_REFS_THREADS);
   r = loom_chan_push(c, m, &past, NULL);
-  if (r == 2) {   /* full: wait in slices, as every blocking call does */
+  if (r == LOOM_PUSH_FULL) {   /* wait in slices, as every blocking call */
     loom_block b;
     struct timespec ts;
     loom_block_begin(L, &b, -1);
     for (;;) {
       loom_block_slice(&b, &ts);
-      if ((r = loom_chan_push(c, m, &ts, b.in)) != 2) break;
+      if ((r = loom_chan_push(c, m, &ts, b.in)) != LOOM_PUSH_FULL) break;
       if (loom_block_interrupted(&b)) loom_block_poke(&b);
     }
   }
-  if (r == 0) {
+  if (r == LOOM_PUSH_OK) {
     *box = NULL;   /* the channel has it */
     return 0;
   }
-  if (r < 0) return luaL_error(L, "not enough memory");
+  if (r == LOOM_PUSH_NOMEM) return luaL_error(L, "not enough memory");
   return loom_raise(L, "closed", "the channel is closed");
 }
 
@@ -112,24 +95,25 @@ static int channel_pop(lua_State *L) {
   loom_chan *c = checkchannel(L, 1);
   double t = loom_opttimeout(L, 2);
   loom_msg *m = NULL, **box;
-  int r;
+  loom_pop_result r;
   /* decode can raise: the message is owned by a userdata meanwhile,
   ** made before the message leaves the channel */
   box = loom_msgbox(L);
   r = loom_chan_pop(c, &past, NULL, &m);
-  if (r == 2 && t != 0) {   /* empty: wait in slices */
+  if (r == LOOM_POP_EMPTY && t != 0) {   /* wait in slices */
     loom_block b;
     struct timespec ts;
     loom_block_begin(L, &b, t);
     for (;;) {
       int more = loom_block_slice(&b, &ts);
-      if ((r = loom_chan_pop(c, &ts, b.in, &m)) != 2 || !more) break;
+      r = loom_chan_pop(c, &ts, b.in, &m);
+      if (r != LOOM_POP_EMPTY || !more) break;
       if (loom_block_interrupted(&b)) loom_block_poke(&b);
     }
   }
-  if (r != 0) {
+  if (r != LOOM_POP_OK) {
     lua_pushnil(L);
-    lua_pushstring(L, r == 1 ? "closed" : "timeout");
+    lua_pushstring(L, r == LOOM_POP_CLOSED ? "closed" : "timeout");
     return 2;
   }
   *box = m;
@@ -150,7 +134,7 @@ static int channel_len(lua_State *L) {
 }
 
 static int channel_tostring(lua_State *L) {
-  chandle *h = (chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
+  loom_chandle *h = (loom_chandle *)luaL_checkudata(L, 1, LOOM_CHANNEL);
   loom_chan *c = h->c;
   if (c == NULL) {
     lua_pushliteral(L, "loom.Channel (closed)");
@@ -160,7 +144,6 @@ static int channel_tostring(lua_State *L) {
                   (int)loom_chan_count(c), (void *)c);
   return 1;
 }
-
 
 /* ------------------------------------------------------------- opening */
 

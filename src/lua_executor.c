@@ -1,13 +1,16 @@
 /*
-** lua_executor.c -- the binding of executors: submit, map's tasks,
-** shutdown, close, collection.
+** lua_executor.c -- the binding of executors: submit, map (its tasks and
+** its iterator), shutdown, close, collection.
 **
 ** An executor handle holds one reference to a loom_sched, whatever kind
 ** of pool it is; everything here goes through the sched's ops.  The
 ** handle is made empty (NULL) and filled in after the last call that
 ** could raise, so a Lua error never leaks a pool.
+**
+** ex:map (above: Executor:map in lua/loom/init.lua; below: task.c).
 */
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #include "loom.h"
@@ -57,28 +60,64 @@ static void renew_sentinel(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, "loom.sentinel");
 }
 
-/* Field k of the options table at 1: an integer, or def when absent. */
-static lua_Integer optint(lua_State *L, const char *k, lua_Integer def) {
-  lua_Integer v = def;
-  if (lua_getfield(L, 1, k) != LUA_TNIL) {
-    int ok;
-    v = lua_tointegerx(L, -1, &ok);
-    if (!ok) luaL_error(L, "bad option '%s' (integer expected)", k);
+/* Join and drop scheds whose workers have all ended. */
+static void prune_scheds(loom_mstate *ms) {
+  struct timespec now;
+  int i, j = 0;
+  loom_deadline(&now, 0);
+  for (i = 0; i < ms->nscheds; i++) {
+    loom_sched *s = ms->scheds[i];
+    if (s->ops->join(s, &now)) loom_sched_decref(s);
+    else ms->scheds[j++] = s;
   }
-  lua_pop(L, 1);
-  return v;
+  ms->nscheds = j;
 }
 
-/* Field k of the options table at 1: a number, or def when absent. */
-static lua_Number optnum(lua_State *L, const char *k, lua_Number def) {
-  lua_Number v = def;
-  if (lua_getfield(L, 1, k) != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TNUMBER)
-      luaL_error(L, "bad option '%s' (number expected)", k);
-    v = lua_tonumber(L, -1);
-  }
+/* Make room to remember one more sched (raises when out of memory). */
+static void sched_reserve(lua_State *L) {
+  loom_mstate *ms = loom_getmstate(L);
+  prune_scheds(ms);
+  if (ms->nscheds == ms->capscheds
+      && !loom_grow((void **)&ms->scheds, &ms->capscheds,
+                    sizeof(loom_sched *)))
+    luaL_error(L, "not enough memory");
+}
+
+/* Remember s (taking a reference; room was reserved), so that lua_close
+** joins it. */
+static void sched_keep(lua_State *L, loom_sched *s) {
+  loom_mstate *ms = loom_getmstate(L);
+  loom_sched_incref(s);
+  ms->scheds[ms->nscheds++] = s;   /* room was reserved */
+}
+
+/*
+** Options.  Every option of every kind of executor (and of shutdown) is
+** checked once, by loom/init.lua: one rule and one message per mistake,
+** in the same words for every kind.  The C side trusts what it checked
+** and reads it as it is: a value of another type reads as absent.  The
+** one thing checked again is what would be undefined behaviour here (a
+** count of workers past LOOM_WORKERS_MAX), for a caller of loom.core
+** that went around loom, which gets one plain error for it.
+*/
+
+/* Field k of the options table at 1: an integer, or def. */
+static lua_Integer optint(lua_State *L, const char *k, lua_Integer def) {
+  lua_Integer v;
+  int ok;
+  lua_getfield(L, 1, k);
+  v = lua_tointegerx(L, -1, &ok);
   lua_pop(L, 1);
-  return v;
+  return ok ? v : def;
+}
+
+/* Field k of the options table at 1: a number > 0 (math.huge and NaN
+** read as 0: no limit). */
+static double optlimit(lua_State *L, const char *k) {
+  lua_Number v = 0;
+  if (lua_getfield(L, 1, k) == LUA_TNUMBER) v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v > 0 && v < HUGE_VAL ? (double)v : 0;
 }
 
 /*
@@ -91,20 +130,20 @@ static lua_Number optnum(lua_State *L, const char *k, lua_Number def) {
 */
 static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   xhandle *x;
-  lua_Integer n;
+  lua_Integer n, mem;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   n = optint(L, "workers", 0);
-  luaL_argcheck(L, n >= 1 && n <= 4096, 1, "workers must be in 1..4096");
+  if (n < 1 || n > LOOM_WORKERS_MAX)
+    luaL_error(L, "loom.core: options not checked by loom (workers)");
   cfg->workers = (int)n;
-  cfg->task_timeout = optnum(L, "task_timeout", 0);
-  cfg->memory_limit = (size_t)optint(L, "memory_limit", 0);
+  cfg->task_timeout = optlimit(L, "task_timeout");
+  mem = optint(L, "memory_limit", 0);
+  cfg->memory_limit = mem > 0 ? (size_t)mem : 0;
   lua_getfield(L, 1, "name");        /* 2 */
-  cfg->name = lua_isnil(L, 2) ? NULL : luaL_checkstring(L, 2);
+  cfg->name = lua_tostring(L, 2);
   lua_getfield(L, 1, "init");        /* 3 */
   lua_getfield(L, 1, "init_args");   /* 4 */
-  if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
   x = (xhandle *)lua_newuserdatauv(L, sizeof *x, 0);   /* 5 */
   x->sched = NULL;
   x->shut = 0;
@@ -124,22 +163,20 @@ static xhandle *new_executor(lua_State *L, loom_pool_config *cfg, int refs) {
   }
   cfg->path = lua_tostring(L, 6);
   cfg->cpath = lua_tostring(L, 7);
-  loom_sched_reserve(L);
+  sched_reserve(L);
   cfg->preload = NULL;
   cfg->init = NULL;
-  if (!lua_isnil(L, 3)) {
+  cfg->open_core = luaopen_loom_core;
+  if (lua_isfunction(L, 3)) {
     int k, na = 0, base = lua_gettop(L);
     lua_pushvalue(L, 3);
-    if (!lua_isnil(L, 4)) {
+    if (lua_istable(L, 4)) {   /* its length is at most MAX_INIT_ARGS */
       lua_Integer len = luaL_len(L, 4);
-      luaL_argcheck(L, len >= 0 && len <= 100000, 4,
-                    "init_args has an unreasonable length");
-      na = (int)len;
+      na = len > 0 && len < INT_MAX ? (int)len : 0;
       luaL_checkstack(L, na, "too many init_args");
       for (k = 1; k <= na; k++) lua_geti(L, 4, k);
     }
-    cfg->init = loom_encode_mode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0,
-                                 refs, 0, 0, 0);
+    cfg->init = loom_encode(L, base + 1, na + 1, LOOM_AT_ARGUMENT, 0, refs);
     lua_settop(L, base);
   }
   return x;
@@ -154,7 +191,7 @@ static int set_executor(lua_State *L, xhandle *x, loom_sched *s,
     return luaL_error(L, "cannot create the executor: %s", err);
   }
   x->sched = s;
-  loom_sched_keep(L, s);
+  sched_keep(L, s);
   lua_settop(L, 5);
   renew_sentinel(L);
   return 1;
@@ -199,19 +236,12 @@ static int process_executor_new(lua_State *L) {
   char *dflt = NULL;
   xhandle *x;
   loom_sched *s;
-  double t;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  t = optnum(L, "task_timeout", 0);
-  luaL_argcheck(L, t >= 0 && t <= 1e9, 1,
-                "task_timeout must be a number of seconds > 0");
-  luaL_argcheck(L, optint(L, "memory_limit", 0) >= 0, 1,
-                "memory_limit must be a number of bytes > 0");
-  cfg.max_tasks = (long)optint(L, "max_tasks_per_child", 0);
-  luaL_argcheck(L, cfg.max_tasks >= 0, 1,
-                "max_tasks_per_child must be an integer >= 1");
+  lua_Integer max;
   x = new_executor(L, &cfg.base, LOOM_REFS_PROCESS);
+  max = optint(L, "max_tasks_per_child", 0);
+  cfg.max_tasks = max > 0 && max <= LONG_MAX ? (long)max : 0;
   lua_getfield(L, 1, "interpreter");   /* 8 */
-  if (lua_isnil(L, 8)) {   /* nothing below raises until dflt is freed */
+  if (!lua_isstring(L, 8)) {   /* nothing below raises until dflt is freed */
     dflt = loom_procpool_interpreter(interpreter_arg(L));
     cfg.interpreter = dflt;
   }
@@ -266,9 +296,11 @@ static int executor_submit(lua_State *L) {
                       "got %s)", lua_isnone(L, 2) ? "nil"
                                                  : luaL_typename(L, 2));
   h = newfuture(L, x);
-  return enqueue(L, x, h, loom_encode_mode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1,
-                                           x->refs, 0, 0, 0), 0, 0);
+  return enqueue(L, x, h, loom_encode(L, 2, n - 1, LOOM_AT_ARGUMENT, 1,
+                                      x->refs), 0, 0);
 }
+
+#define SEQS_ON_STACK 64   /* _map_task: sequences kept on the stack */
 
 /* A misuse of map found here: named as map's, the caller's function. */
 static int map_error(lua_State *L, const char *msg) {
@@ -297,7 +329,7 @@ static int executor_map_task(lua_State *L) {
   lua_settop(L, 5);
   h = newfuture(L, x);                 /* 6 */
   /* few sequences sit on the stack; many are fetched for each value */
-  onstack = nseq <= 64;
+  onstack = nseq <= SEQS_ON_STACK;
   if (!lua_checkstack(L, (int)((i1 - i0 + 1) * nseq) + (int)nseq + 8))
     return map_error(L, "too many values for one call");
   if (onstack)
@@ -313,20 +345,144 @@ static int executor_map_task(lua_State *L) {
         lua_remove(L, -2);
       }
     }
-  m = loom_encode_mode(L, base + 1, lua_gettop(L) - base, LOOM_AT_MAP, 0,
-                       x->refs, 0, i0, (int)nseq);
+  {
+    loom_encode_opts o = { .place = LOOM_AT_MAP, .refs = x->refs,
+                           .i0 = i0, .nseq = (int)nseq };
+    m = loom_encode_with(L, base + 1, lua_gettop(L) - base, &o);
+  }
   lua_settop(L, 6);
   return enqueue(L, x, h, m, chunk ? (int)(i1 - i0 + 1) : 0, (int)nseq);
 }
 
+/*
+** The iterator of ex:map, in C: a generic for calls it once per result,
+** so its cost is the caller's cost per call.  Upvalues: 1 the module
+** record, 2 the futures (one per call for chunksize 1, else one per
+** chunk; each is dropped once its results are taken), 3 a mapiter, 4 the
+** current chunk's result list {extras, r1, ...} (see run_chunk in
+** task.c), 5 its extras (nil when every call gave one result), 6 the
+** progress function or nil.
+*/
+typedef struct mapiter {
+  lua_Integer i, n, chunksize;   /* calls yielded, calls in all, per task */
+  lua_Integer chunk;             /* the chunk in upvalue 4 */
+  double deadline;               /* monotonic seconds; < 0: none */
+  int progress;                  /* upvalue 6 is a function */
+  int ended;                     /* it was told done == total */
+  double next_report;            /* monotonic seconds */
+} mapiter;
+
+/* Seconds between two progress reports: a few a second. */
+#define PROGRESS_EVERY 0.2
+
+/* progress(done, total): at the first step, at most every PROGRESS_EVERY
+** seconds after, and once at the end, in the caller's thread. */
+static void map_progress(lua_State *L, mapiter *it) {
+  double now = loom_now();
+  int end = it->i >= it->n;
+  if (end ? it->ended : it->i > 0 && now < it->next_report) return;
+  it->ended = end;
+  it->next_report = now + PROGRESS_EVERY;
+  lua_pushvalue(L, lua_upvalueindex(6));
+  lua_pushinteger(L, it->i);
+  lua_pushinteger(L, it->n);
+  lua_call(L, 2, 0);
+}
+
+/* Wait for future k and push its results after slot 1, which it takes
+** (loom_future_results expects [future, timeout]); returns their number. */
+static int map_results(lua_State *L, mapiter *it, lua_Integer k) {
+  lua_settop(L, 0);
+  lua_rawgeti(L, lua_upvalueindex(2), k);
+  if (it->deadline < 0) lua_pushnil(L);
+  else {
+    double left = it->deadline - loom_now();
+    lua_pushnumber(L, left < 0 ? 0 : left);
+  }
+  return loom_future_results(L, loom_checkfuture(L, 1));
+}
+
+/* The results of future k are in hand: drop it, so that a long map does
+** not keep every future (and its results) until the loop ends. */
+static void forget(lua_State *L, lua_Integer k) {
+  lua_pushnil(L);
+  lua_rawseti(L, lua_upvalueindex(2), k);
+}
+
+static int map_step(lua_State *L) {
+  mapiter *it = (mapiter *)lua_touserdata(L, lua_upvalueindex(3));
+  lua_Integer k, j;
+  if (it->progress) map_progress(L, it);
+  if (it->i >= it->n) return 0;
+  it->i++;
+  if (it->chunksize == 1) {   /* plain tasks: their results as they are */
+    int n = map_results(L, it, it->i);
+    lua_pushinteger(L, it->i);
+    lua_replace(L, 1);
+    forget(L, it->i);
+    return n + 1;
+  }
+  k = (it->i - 1) / it->chunksize + 1;
+  j = it->i - (k - 1) * it->chunksize;   /* the call's place in chunk k */
+  if (k != it->chunk) {
+    map_results(L, it, k);   /* [future, list] */
+    lua_rawgeti(L, 2, 1);
+    lua_replace(L, lua_upvalueindex(5));
+    lua_replace(L, lua_upvalueindex(4));
+    it->chunk = k;
+    forget(L, k);
+  }
+  lua_pushinteger(L, it->i);
+  if (lua_type(L, lua_upvalueindex(5)) == LUA_TNIL) {   /* the fast way */
+    lua_rawgeti(L, lua_upvalueindex(4), j + 1);
+    return 2;
+  }
+  if (lua_rawgeti(L, lua_upvalueindex(5), j) == LUA_TTABLE)
+    return loom_unpack_results(L) + 1;
+  lua_pop(L, 1);
+  lua_getfield(L, lua_upvalueindex(5), "fail");
+  if (lua_tointeger(L, -1) == j) {
+    lua_getfield(L, lua_upvalueindex(5), "err");
+    loom_note_global(L, -1);
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
+  lua_rawgeti(L, lua_upvalueindex(4), j + 1);
+  return 2;
+}
+
+/* core._map_iter(futures, n, chunksize, deadline-or-nil, progress-or-nil):
+** ex:map's step function, over the futures made by _map_task. */
+static int l_map_iter(lua_State *L) {
+  mapiter *it;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TFUNCTION);
+  lua_settop(L, 5);
+  it = (mapiter *)lua_newuserdatauv(L, sizeof *it, 0);   /* 6 */
+  it->i = 0;
+  it->n = luaL_checkinteger(L, 2);
+  it->chunksize = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, it->chunksize >= 1, 3, "chunksize must be >= 1");
+  it->deadline = lua_isnoneornil(L, 4) ? -1 : luaL_checknumber(L, 4);
+  it->chunk = 0;
+  it->progress = !lua_isnil(L, 5);
+  it->ended = 0;
+  it->next_report = 0;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 6);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushvalue(L, 5);
+  lua_pushcclosure(L, map_step, 6);
+  return 1;
+}
+
+/* Field k of the options table at idx (checked by loom/init.lua): a
+** boolean, or def when absent. */
 static int optfield(lua_State *L, int idx, const char *k, int def) {
   int r = def;
-  if (lua_getfield(L, idx, k) != LUA_TNIL) {
-    if (!lua_isboolean(L, -1))
-      return luaL_error(L, "bad option '%s' to 'shutdown' (boolean "
-                        "expected, got %s)", k, luaL_typename(L, -1));
-    r = lua_toboolean(L, -1);
-  }
+  if (lua_getfield(L, idx, k) == LUA_TBOOLEAN) r = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return r;
 }
@@ -357,8 +513,7 @@ static void do_shutdown(lua_State *L, xhandle *x, int wait, int cancel,
 static int executor_shutdown(lua_State *L) {
   xhandle *x = checkexecutor(L, 1);
   int wait = 1, cancel = 0, running = 0;
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
+  if (lua_istable(L, 2)) {
     wait = optfield(L, 2, "wait", 1);
     cancel = optfield(L, 2, "cancel_futures", 0);
     running = optfield(L, 2, "cancel_running", 0);
@@ -429,6 +584,7 @@ static const luaL_Reg executor_funcs[] = {
   {"executor", executor_new},
   {"process_executor", process_executor_new},
   {"is_executor", l_is_executor},
+  {"_map_iter", l_map_iter},
   {NULL, NULL}
 };
 
@@ -451,4 +607,6 @@ void loom_open_executor(lua_State *L, int ms, int lib) {
   lua_pushvalue(L, ms);
   luaL_setfuncs(L, executor_funcs, 1);
   lua_pop(L, 1);
+  lua_pushinteger(L, LOOM_WORKERS_MAX);
+  lua_setfield(L, lib, "_WORKERS_MAX");
 }

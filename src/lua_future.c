@@ -1,7 +1,7 @@
 /*
 ** lua_future.c -- the binding of futures: result, exception, cancel,
 ** done callbacks; and waiting on many futures at once (the watcher behind
-** as_completed and wait), and the iterator of ex:map.
+** as_completed and wait).
 **
 ** A future handle is a userdata holding one reference to a loom_future;
 ** its user value is its executor, which a future keeps alive.  Done
@@ -18,7 +18,6 @@
 #include "loom.h"
 
 #define LOOM_WATCHER "loom.Watcher"
-
 
 loom_future *loom_checkfuture(lua_State *L, int idx) {
   loom_fhandle *h = (loom_fhandle *)loom_checkud(L, idx, LOOM_UV_FUTURE, LOOM_FUTURE);
@@ -127,7 +126,6 @@ static int future_add_done_callback(lua_State *L) {
   return 0;
 }
 
-/* Wait until f is done or the timeout passes; 1 if done. */
 /* Wait until f is done or the timeout passes; 1 if done.  The waiter
 ** lives on this C stack: it is unlinked before Lua may run (a poke). */
 static int wait_one(lua_State *L, loom_future *f, double timeout) {
@@ -175,7 +173,7 @@ static void raise_state(lua_State *L, loom_future *f) {
 ** workers have globals of their own.  Only the calling state can tell.
 ** The error value is at idx; nothing else changes.
 */
-static void note_global(lua_State *L, int idx) {
+void loom_note_global(lua_State *L, int idx) {
   static const char pat[] = "a nil value (global '";
   const char *msg, *name, *end;
   int top = lua_gettop(L);
@@ -217,7 +215,7 @@ static int push_outcome(lua_State *L, loom_future *f) {
   }
   {
     int n = loom_decode(L, f->out.result->data, f->out.result->len, 1, f->out.result);
-    if (f->out.failed) note_global(L, -2);
+    if (f->out.failed) loom_note_global(L, -2);
     return f->out.failed ? -1 : n;
   }
 }
@@ -230,8 +228,7 @@ static void await(lua_State *L, loom_future *f, int tidx) {
   raise_state(L, f);
 }
 
-/* Wait (timeout at stack slot 2) and push the results, or raise. */
-static int results(lua_State *L, loom_future *f) {
+int loom_future_results(lua_State *L, loom_future *f) {
   int n;
   await(L, f, 2);
   lua_settop(L, 1);
@@ -244,130 +241,7 @@ static int results(lua_State *L, loom_future *f) {
 }
 
 static int future_result(lua_State *L) {
-  return results(L, loom_checkfuture(L, 1));
-}
-
-/*
-** The iterator of ex:map, in C: a generic for calls it once per result,
-** so its cost is the caller's cost per call.  Upvalues: 1 the module
-** record, 2 the futures (one per call for chunksize 1, else one per
-** chunk; each is dropped once its results are taken), 3 a mapiter, 4 the current chunk's result list
-** {extras, r1, ...} (see run_chunk in task.c), 5 its extras (nil when
-** every call gave one result), 6 the progress function or nil.
-*/
-typedef struct mapiter {
-  lua_Integer i, n, chunksize;   /* calls yielded, calls in all, per task */
-  lua_Integer chunk;             /* the chunk in upvalue 4 */
-  double deadline;               /* monotonic seconds; < 0: none */
-  int progress;                  /* upvalue 6 is a function */
-  int ended;                     /* it was told done == total */
-  double next_report;            /* monotonic seconds */
-} mapiter;
-
-/* Seconds between two progress reports: a few a second. */
-#define PROGRESS_EVERY 0.2
-
-/* progress(done, total): at the first step, at most every PROGRESS_EVERY
-** seconds after, and once at the end, in the caller's thread. */
-static void map_progress(lua_State *L, mapiter *it) {
-  double now = loom_now();
-  int end = it->i >= it->n;
-  if (end ? it->ended : it->i > 0 && now < it->next_report) return;
-  it->ended = end;
-  it->next_report = now + PROGRESS_EVERY;
-  lua_pushvalue(L, lua_upvalueindex(6));
-  lua_pushinteger(L, it->i);
-  lua_pushinteger(L, it->n);
-  lua_call(L, 2, 0);
-}
-
-/* Wait for future k and push its results after slot 1, which it takes
-** (results expects [future, timeout]); returns their number. */
-static int map_results(lua_State *L, mapiter *it, lua_Integer k) {
-  lua_settop(L, 0);
-  lua_rawgeti(L, lua_upvalueindex(2), k);
-  if (it->deadline < 0) lua_pushnil(L);
-  else {
-    double left = it->deadline - loom_now();
-    lua_pushnumber(L, left < 0 ? 0 : left);
-  }
-  return results(L, loom_checkfuture(L, 1));
-}
-
-/* The results of future k are in hand: drop it, so that a long map does
-** not keep every future (and its results) until the loop ends. */
-static void forget(lua_State *L, lua_Integer k) {
-  lua_pushnil(L);
-  lua_rawseti(L, lua_upvalueindex(2), k);
-}
-
-static int map_step(lua_State *L) {
-  mapiter *it = (mapiter *)lua_touserdata(L, lua_upvalueindex(3));
-  lua_Integer k, j;
-  if (it->progress) map_progress(L, it);
-  if (it->i >= it->n) return 0;
-  it->i++;
-  if (it->chunksize == 1) {   /* plain tasks: their results as they are */
-    int n = map_results(L, it, it->i);
-    lua_pushinteger(L, it->i);
-    lua_replace(L, 1);
-    forget(L, it->i);
-    return n + 1;
-  }
-  k = (it->i - 1) / it->chunksize + 1;
-  j = it->i - (k - 1) * it->chunksize;   /* the call's place in chunk k */
-  if (k != it->chunk) {
-    map_results(L, it, k);   /* [future, list] */
-    lua_rawgeti(L, 2, 1);
-    lua_replace(L, lua_upvalueindex(5));
-    lua_replace(L, lua_upvalueindex(4));
-    it->chunk = k;
-    forget(L, k);
-  }
-  lua_pushinteger(L, it->i);
-  if (lua_type(L, lua_upvalueindex(5)) == LUA_TNIL) {   /* the fast way */
-    lua_rawgeti(L, lua_upvalueindex(4), j + 1);
-    return 2;
-  }
-  if (lua_rawgeti(L, lua_upvalueindex(5), j) == LUA_TTABLE)
-    return loom_unpack_results(L) + 1;
-  lua_pop(L, 1);
-  lua_getfield(L, lua_upvalueindex(5), "fail");
-  if (lua_tointeger(L, -1) == j) {
-    lua_getfield(L, lua_upvalueindex(5), "err");
-    note_global(L, -1);
-    return lua_error(L);
-  }
-  lua_pop(L, 1);
-  lua_rawgeti(L, lua_upvalueindex(4), j + 1);
-  return 2;
-}
-
-/* core._map_iter(futures, n, chunksize, deadline-or-nil, progress-or-nil):
-** ex:map's step function, over the futures made by _map_task. */
-static int l_map_iter(lua_State *L) {
-  mapiter *it;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TFUNCTION);
-  lua_settop(L, 5);
-  it = (mapiter *)lua_newuserdatauv(L, sizeof *it, 0);   /* 6 */
-  it->i = 0;
-  it->n = luaL_checkinteger(L, 2);
-  it->chunksize = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, it->chunksize >= 1, 3, "chunksize must be >= 1");
-  it->deadline = lua_isnoneornil(L, 4) ? -1 : luaL_checknumber(L, 4);
-  it->chunk = 0;
-  it->progress = !lua_isnil(L, 5);
-  it->ended = 0;
-  it->next_report = 0;
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 6);
-  lua_pushnil(L);
-  lua_pushnil(L);
-  lua_pushvalue(L, 5);
-  lua_pushcclosure(L, map_step, 6);
-  return 1;
+  return loom_future_results(L, loom_checkfuture(L, 1));
 }
 
 static int future_exception(lua_State *L) {
@@ -635,7 +509,6 @@ static const luaL_Reg future_funcs[] = {
   {"watch", watch_new},
   {"run_callbacks", l_run_callbacks},
   {"is_future", l_is_future},
-  {"_map_iter", l_map_iter},
   {NULL, NULL}
 };
 

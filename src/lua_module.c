@@ -2,7 +2,9 @@
 ** lua_module.c -- the Lua binding's entry: luaopen_loom_core, the
 ** per-state module record, and the module's own functions (encode,
 ** decode, cpu_count...).  The classes live in lua_future.c,
-** lua_executor.c and lua_channel.c; each registers itself from here.
+** lua_executor.c, lua_channel.c and lua_queue.c; each registers itself
+** from here.  What they share is in lua_aux.c; the specs' hooks, in test
+** builds only, in lua_tests.c.
 **
 ** Per state that loads the module there is one module record (a
 ** userdata, upvalue 1 of every binding function).  It remembers the
@@ -28,174 +30,7 @@
 #define LOOM_EXPORT
 #endif
 
-/* ------------------------------------------------------ shared helpers */
-
-void *loom_fastudata(lua_State *L, int idx, int uv) {
-  void *p = lua_touserdata(L, idx);
-  int same;
-  if (p == NULL || !lua_getmetatable(L, idx)) return NULL;
-  lua_getiuservalue(L, lua_upvalueindex(1), uv);
-  same = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
-  return same ? p : NULL;
-}
-
-void *loom_checkud(lua_State *L, int idx, int uv, const char *tname) {
-  void *p = loom_fastudata(L, idx, uv);
-  return p ? p : luaL_checkudata(L, idx, tname);   /* raises */
-}
-
-void loom_setmeta(lua_State *L, int uv) {
-  lua_getiuservalue(L, lua_upvalueindex(1), uv);
-  lua_setmetatable(L, -2);
-}
-
-double loom_opttimeout(lua_State *L, int idx) {
-  lua_Number t;
-  if (lua_isnoneornil(L, idx)) return -1;
-  /* a number, not a numeric string: as wait, as_completed and map take it */
-  if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "number");
-  t = lua_tonumber(L, idx);
-  luaL_argcheck(L, t == t, idx, "timeout is NaN");
-  return t < 0 ? 0 : t;
-}
-
-/* Its text is made protected: a callback's error, whatever its
-** __tostring does, never escapes and never stops the next callback. */
-void loom_warn_error(lua_State *L, const char *what) {
-  const char *msg = loom_pushtext(L, -1);
-  lua_warning(L, what, 1);
-  lua_warning(L, msg, 0);
-  lua_pop(L, 2);
-}
-
-/* ------------------------------------------------------------ blocking */
-
-/*
-** A blocked call lets Lua run whenever a hook is set on the state (on the
-** running thread, or on the main one, where lua.c sets its Ctrl-C hook):
-** at the start of the wait and after every slice.  It does not compare
-** with the hook the wait began with: a Ctrl-C landing just before the
-** wait would then go unseen.  A hook that does not raise (a debugger's, a
-** profiler's) just runs once per slice.
-*/
-void loom_block_begin(lua_State *L, loom_block *b, double timeout) {
-  b->L = L;
-  b->deadline = timeout < 0 ? -1 : loom_now() + timeout;
-  b->in = loom_getmstate(L)->intr;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  b->main = lua_tothread(L, -1);
-  lua_pop(L, 1);
-  if (loom_block_interrupted(b)) loom_block_poke(b);
-}
-
-int loom_block_slice(loom_block *b, struct timespec *ts) {
-  double now = loom_now(), end = now + LOOM_SLICE;
-  int more = 1;
-  if (b->deadline >= 0 && b->deadline <= end) {
-    end = b->deadline;
-    more = now < end;
-  }
-  ts->tv_sec = (time_t)end;
-  ts->tv_nsec = (long)((end - (double)ts->tv_sec) * 1e9);
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
-  return more;
-}
-
-/* Reading the hook races, by design, with a signal handler (as in lua.c)
-** or a stopper setting it: a torn read only makes this see it one slice
-** early or late. */
-int loom_block_interrupted(loom_block *b) {
-  return loom_intr_fired(b->in) || lua_gethook(b->L) != NULL
-         || lua_gethook(b->main) != NULL;
-}
-
-void loom_block_poke(loom_block *b) {
-  lua_State *L = b->L;
-  if (b->main != L && lua_gethook(b->main) != NULL
-      && lua_gethook(L) == NULL)
-    /* lua.c sets its hook on the main thread; a wait inside a coroutine
-    ** takes it over, so that it acts here and now (it acts again in the
-    ** main thread, as it would have) */
-    lua_sethook(L, lua_gethook(b->main), lua_gethookmask(b->main),
-                lua_gethookcount(b->main));
-  /* a call of a Lua function runs an instruction: a count, call or line
-  ** hook acts now; it may raise (this call holds nothing) */
-  luaL_checkstack(L, 2, NULL);
-  lua_getiuservalue(L, lua_upvalueindex(1), LOOM_UV_POKE);
-  lua_call(L, 0, 0);
-  /* it did not raise: go on waiting.  A stop that did not raise here (a
-  ** __close handler runs as a stopped task unwinds) no longer cuts the
-  ** wait short. */
-  if (loom_intr_fired(b->in)) b->in = NULL;
-}
-
-static int msgbox_gc(lua_State *L) {
-  loom_msg **box = (loom_msg **)lua_touserdata(L, 1);
-  loom_msg_free(*box);
-  *box = NULL;
-  return 0;
-}
-
-loom_msg **loom_msgbox(lua_State *L) {
-  loom_msg **box = (loom_msg **)lua_newuserdatauv(L, sizeof *box, 0);
-  *box = NULL;
-  luaL_setmetatable(L, "loom.MsgBox");
-  return box;
-}
-
-void loom_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
-                   lua_CFunction gc, lua_CFunction tostr, int ms) {
-  luaL_newmetatable(L, name);
-  lua_newtable(L);
-  lua_pushvalue(L, ms);
-  luaL_setfuncs(L, methods, 1);
-  lua_setfield(L, -2, "__index");
-  if (gc) {
-    lua_pushvalue(L, ms);
-    lua_pushcclosure(L, gc, 1);
-    lua_setfield(L, -2, "__gc");
-  }
-  if (tostr) {
-    lua_pushvalue(L, ms);
-    lua_pushcclosure(L, tostr, 1);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
-}
-
 /* --------------------------------------------------------- module record */
-
-/* Join and drop scheds whose workers have all ended. */
-static void prune_scheds(loom_mstate *ms) {
-  struct timespec now;
-  int i, j = 0;
-  loom_deadline(&now, 0);
-  for (i = 0; i < ms->nscheds; i++) {
-    loom_sched *s = ms->scheds[i];
-    if (s->ops->join(s, &now)) loom_sched_decref(s);
-    else ms->scheds[j++] = s;
-  }
-  ms->nscheds = j;
-}
-
-void loom_sched_reserve(lua_State *L) {
-  loom_mstate *ms = loom_getmstate(L);
-  prune_scheds(ms);
-  if (ms->nscheds == ms->capscheds
-      && !loom_grow((void **)&ms->scheds, &ms->capscheds,
-                    sizeof(loom_sched *)))
-    luaL_error(L, "not enough memory");
-}
-
-void loom_sched_keep(lua_State *L, loom_sched *s) {
-  loom_mstate *ms = loom_getmstate(L);
-  loom_sched_incref(s);
-  ms->scheds[ms->nscheds++] = s;   /* room was reserved */
-}
 
 /* At lua_close (or collection of the record): close, then join. */
 static int module_gc(lua_State *L) {
@@ -215,7 +50,7 @@ static int module_gc(lua_State *L) {
   for (i = 0; i < ms->nchans; i++) {
     loom_msg *m;
     static const struct timespec past = { 0, 0 };
-    while (loom_chan_pop(ms->chans[i], &past, NULL, &m) == 0)
+    while (loom_chan_pop(ms->chans[i], &past, NULL, &m) == LOOM_POP_OK)
       loom_msg_free(m);
   }
   for (i = 0; i < ms->nchans; i++) loom_chan_decref(ms->chans[i]);
@@ -236,7 +71,7 @@ static int l_encode(lua_State *L) {
   lua_settop(L, 1);
   /* pushing the string may fail: a userdata owns the message meanwhile */
   box = loom_msgbox(L);
-  m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, 0);
+  m = loom_encode(L, 1, 1, LOOM_AT_VALUE, 0, LOOM_REFS_NONE);
   *box = m;
   lua_pushlstring(L, (const char *)m->data, m->len);
   loom_msg_free(m);
@@ -261,85 +96,7 @@ static int l_decode(lua_State *L) {
   return 1;
 }
 
-/* ------------------------------------------------ test-only: new state */
-
-/* Protected, in the new state: [1] = message; decode, maybe call,
-** encode the results into a new message (lightuserdata [2] gets it). */
-static int other_state_run(lua_State *L) {
-  loom_msg *in = (loom_msg *)lua_touserdata(L, 1);
-  loom_msg **out = (loom_msg **)lua_touserdata(L, 2);
-  int call = lua_toboolean(L, 3), n;
-  lua_settop(L, 3);
-  n = loom_decode(L, in->data, in->len, 1, in);
-  if (call) {
-    lua_call(L, n - 1, LUA_MULTRET);
-    n = lua_gettop(L) - 3;
-  }
-  *out = loom_encode(L, 4, n, LOOM_AT_RESULT, 0, 1);
-  return 0;
-}
-
-static int in_new_state(lua_State *L, int call) {
-  int n = lua_gettop(L), r;
-  loom_msg *m, *out = NULL;
-  lua_State *L2;
-  loom_msg **box;
-  box = loom_msgbox(L);
-  m = loom_encode(L, 1, n, LOOM_AT_ARGUMENT, 1, 1);
-  *box = m;
-  L2 = lua_newstate(loom_lua_alloc, NULL);
-  if (L2 == NULL) return luaL_error(L, "cannot create a state");
-  lua_pushcfunction(L2, loom_open_worker_state);
-  r = lua_pcall(L2, 0, 0, 0);
-  if (r == LUA_OK) {
-    lua_pushcfunction(L2, other_state_run);
-    lua_pushlightuserdata(L2, m);
-    lua_pushlightuserdata(L2, &out);
-    lua_pushboolean(L2, call);
-    r = lua_pcall(L2, 3, 0, 0);
-  }
-  if (r != LUA_OK) {   /* copy the error back */
-    lua_pushcfunction(L2, other_state_run);
-    lua_insert(L2, -2);
-    lua_pushlightuserdata(L2, &out);
-    lua_insert(L2, -2);
-    out = loom_encode(L2, -1, 1, LOOM_AT_RESULT, 0, 1);
-  }
-  lua_close(L2);
-  *box = out;
-  loom_msg_free(m);
-  lua_settop(L, n + 1);
-  n = loom_decode(L, out->data, out->len, 1, out);
-  if (r != LUA_OK) return lua_error(L);
-  return n;
-}
-
-static int l_roundtrip(lua_State *L) { return in_new_state(L, 0); }
-static int l_call_in_new_state(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  return in_new_state(L, 1);
-}
-
 /* ---------------------------------------------------------------- misc */
-
-/* core._inplace_arrays([on]): whether arrays of numbers are copied in
-** place (see transfer.c), after turning that on or off if asked; for the
-** specs, which compare both ways of copying. */
-static int l_inplace_arrays(lua_State *L) {
-  int on = lua_isnoneornil(L, 1) ? -1 : lua_toboolean(L, 1);
-  lua_pushboolean(L, loom_arrays_inplace(on));
-  return 1;
-}
-
-/* core._pins([s]): how many strings of this state (or references to the
-** string s) are anchored for messages, after a sweep, and the length from
-** which strings cross by reference; for the specs. */
-static int l_pins(lua_State *L) {
-  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
-  lua_pushinteger(L, loom_pins_live(L, s));
-  lua_pushinteger(L, LOOM_PIN_MIN);
-  return 2;
-}
 
 static int l_cpu_count(lua_State *L) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -366,14 +123,12 @@ static int l_error(lua_State *L) {
   return 1;
 }
 
-static int l_failpoint(lua_State *L) {
-  lua_Integer k = luaL_checkinteger(L, 1);
-  static const char *const opts[] = { "lua", "core", "both", NULL };
-  int which = luaL_checkoption(L, 2, "both", opts) + 1;
-  lua_pushinteger(L, loom_failpoint_count());
-  lua_pushboolean(L, loom_failpoint_fired());
-  loom_failpoint_arm((long)k, which);
-  return 2;
+/* core._process_worker(ppid): the main loop of a worker process (see
+** procworker.c); returns its exit status. */
+static int l_process_worker(lua_State *L) {
+  lua_Integer ppid = luaL_checkinteger(L, 1);
+  lua_pushinteger(L, loom_process_worker(ppid, luaopen_loom_core));
+  return 1;
 }
 
 static int error_tostring(lua_State *L) {
@@ -392,13 +147,8 @@ static const luaL_Reg funcs[] = {
   {"cpu_count", l_cpu_count},
   {"clock", l_clock},
   {"error", l_error},
-  {"_roundtrip", l_roundtrip},
-  {"_call_in_new_state", l_call_in_new_state},
-  {"_failpoint", l_failpoint},
-  {"_inplace_arrays", l_inplace_arrays},
   {"_isatty", l_isatty},
-  {"_pins", l_pins},
-  {"_process_worker", loom_process_worker},
+  {"_process_worker", l_process_worker},
   {NULL, NULL}
 };
 
@@ -426,10 +176,7 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, LOOM_MODULE);
   }
   msi = lua_gettop(L);
-  luaL_newmetatable(L, "loom.MsgBox");
-  lua_pushcfunction(L, msgbox_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
+  loom_open_aux(L);
   luaL_newmetatable(L, LOOM_ERROR);
   lua_pushcfunction(L, error_tostring);
   lua_setfield(L, -2, "__tostring");
@@ -442,7 +189,10 @@ LOOM_EXPORT int luaopen_loom_core(lua_State *L) {
   loom_open_executor(L, msi, lib);
   loom_open_channel(L, msi, lib);
   loom_open_queue(L, msi, lib);
-  loom_open_preload(L, lib);
+  loom_open_preload(L);
+#ifdef LOOM_TESTS
+  loom_open_tests(L, msi, lib);   /* the specs' hooks (lua_tests.c) */
+#endif
   luaL_getmetatable(L, LOOM_ERROR);
   lua_setfield(L, lib, "Error");
   return 1;

@@ -44,20 +44,17 @@ static int load_builtin(lua_State *L) {
   return 1;
 }
 
-/* core._builtin(name) -> the built-in source of module name, or nil
-** (for the specs, which compare it with the files). */
-static int l_builtin(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
+const char *loom_preload_source(const char *name, size_t *len) {
   const builtin *b;
   for (b = builtins; b->name; b++)
     if (strcmp(b->name, name) == 0) {
-      lua_pushlstring(L, (const char *)b->src, b->len);
-      return 1;
+      *len = b->len;
+      return (const char *)b->src;
     }
-  return 0;
+  return NULL;
 }
 
-void loom_open_preload(lua_State *L, int lib) {
+void loom_open_preload(lua_State *L) {
   const builtin *b;
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (b = builtins; b->name; b++) {
@@ -69,6 +66,4 @@ void loom_open_preload(lua_State *L, int lib) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_builtin);
-  lua_setfield(L, lib, "_builtin");
 }

@@ -33,6 +33,8 @@
 #define WORKER_STACK (4u << 20)
 #define WORKER_SPIN 4000   /* pauses: some tens of microseconds */
 
+typedef struct loom_pool loom_pool;
+
 typedef struct worker {
   loom_pool *pool;
   int index;
@@ -60,6 +62,7 @@ struct loom_pool {
   char *name, *path, *cpath;
   loom_msg *init;          /* function and init_args, or NULL */
   loom_preload *preload;   /* the creator's C module loaders, or NULL */
+  lua_CFunction open_core; /* opens loom.core in a worker state */
   double task_timeout;     /* seconds; 0: none */
   size_t memory_limit;     /* bytes per worker state; 0: none */
   pthread_t watchdog;      /* with task_timeout: finds overdue tasks */
@@ -179,7 +182,8 @@ static char *worker_start(worker *wk, lua_State **out) {
   *out = L;
   if (L == NULL) err = loom_strdup("not enough memory");
   else if ((err = loom_task_preload(L, p->preload)) == NULL)
-    err = loom_task_setup(L, p->path, p->cpath, p->init, &wk->intr);
+    err = loom_task_setup(L, p->open_core, p->path, p->cpath, p->init,
+                          &wk->intr);
   if (err != NULL && p->memory_limit > 0
       && strcmp(err, "not enough memory") == 0) {
     char msg[128];
@@ -466,6 +470,7 @@ loom_sched *loom_pool_new(loom_pool_config *cfg, const char **err) {
   cfg->init = NULL;
   p->preload = cfg->preload;
   cfg->preload = NULL;
+  p->open_core = cfg->open_core;
   p->workers = (worker *)loom_malloc(sizeof(worker) * (size_t)cfg->workers);
   if (p->workers != NULL) {
     memset(p->workers, 0, sizeof(worker) * (size_t)cfg->workers);

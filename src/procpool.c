@@ -4,7 +4,8 @@
 ** Design.  Each worker is a Lua interpreter started with posix_spawn
 ** (never fork: the host runs threads), in a process group of its own so
 ** that stopping it stops whatever it started, with only its pipes and
-** shared files open (procworker.c is its side).  One manager thread per
+** shared files open (procspawn.c starts it; procworker.c is its side;
+** proc.h has the protocol between them).  One manager thread per
 ** pool, as in CPython's process pool, waits in poll() on every worker's
 ** result pipe and process descriptor (pidfd) and on a wake-up eventfd,
 ** so that no death goes unnoticed: when a worker ends, its last results
@@ -49,7 +50,6 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,90 +61,11 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 
-#include "loom.h"
+#include "proc.h"
 
-extern char **environ;
-
-#define PAGE 4096
-#define PIPE_BYTES (1 << 20)     /* asked for each pipe (F_SETPIPE_SZ) */
 #define MANAGER_STACK (1u << 20)
 #define SHORT_TASK 2e-3          /* seconds: below, a worker is pipelined */
 #define SETUP_SEQ UINT64_MAX     /* downseq while the setup is in down */
-
-enum { W_FREE, W_STARTING, W_LIVE, W_CLOSED, W_KILLED };
-
-typedef struct pworker {
-  /* Under mu; the manager, which alone writes the process fields (pid,
-  ** the descriptors, ctl), also reads them without it. */
-  int state;               /* W_*: CLOSED: its task pipe is closed, it ends
-                              after its tasks; KILLED: loom ended it */
-  int ready;               /* it said READY: set up */
-  pid_t pid;
-  int tfd, tkeep;          /* task pipe: write end, and its read end */
-  int rfd, pidfd;          /* result pipe, read end; pidfd or -1 */
-  int ctlfd, downfd, upfd; /* the shared files, kept for the next process */
-  loom_pwctl *ctl;
-  unsigned char *down;     /* the down region, downmap bytes mapped */
-  size_t downmap;
-  int downbusy;            /* it holds the payload of downseq */
-  uint64_t downseq;
-  loom_future *flight[LOOM_PW_DEPTH];   /* by seq % LOOM_PW_DEPTH */
-  int charge[LOOM_PW_DEPTH];            /* pipe pages of each */
-  uint64_t seq0;           /* the oldest task in flight */
-  int nflight;
-  int pages, maxpages;     /* pipe pages charged; the pipe's */
-  int setup_charge;
-  loom_pwframe out[LOOM_PW_DEPTH];      /* frames staged for one write, */
-  struct iovec iov[2 * LOOM_PW_DEPTH];  /* by seq % LOOM_PW_DEPTH */
-  int niov;
-  long ntasks;             /* tasks sent to this process */
-  int depth;               /* tasks it may have in flight now */
-  double since;            /* its oldest task cannot have started before */
-  const char *why;         /* KILLED for what it sent: why (for 'crashed') */
-  /* The manager's alone: */
-  unsigned char *up;       /* the up region */
-  size_t upmap;
-  unsigned char *in;       /* bytes read from rfd, not yet parsed */
-  size_t inlen, incap;
-  int eof;                 /* rfd said end-of-file */
-  const char *bad;         /* its results could not be read: why; end it */
-  int exited;              /* the process ended (pidfd, or eof) */
-  int status;              /* its wait status, or -1: unknown */
-} pworker;
-
-/* A frame the manager read, applied with mu held. */
-typedef struct pdone {
-  pworker *w;
-  loom_pwframe fr;
-  loom_msg *msg;           /* OK, FAILED: the payload (NULL: no memory) */
-  char *text;              /* INITFAIL, COND, PLAIN: the payload */
-} pdone;
-
-typedef struct procpool {
-  loom_sched base;         /* first; base.mu guards what is not marked */
-  pthread_cond_t ended;    /* signalled when the manager ends */
-  pthread_t manager;
-  int manager_done, joined;
-  loom_fqueue q;            /* the pending futures, one ref each */
-  int stopping;            /* shutdown: accept no more tasks */
-  char *broken;            /* workers cannot start: why */
-  int untimed;             /* the manager polls with no deadline */
-  int rr;                  /* where the next pick starts */
-  int nworkers;
-  pworker *w;
-  int wakefd;              /* an eventfd that wakes the manager */
-  int use_pidfd;           /* watch each worker's pidfd */
-  double task_timeout;
-  long max_tasks;
-  char *interpreter, *chunk;  /* argv of a worker: interp -e chunk */
-  unsigned char *setup;    /* the setup payload (loom.h) */
-  size_t setuplen;
-  /* The manager's alone: */
-  pdone *dones;            /* room for every frame one round can bring */
-  int ndones, capdones;
-  struct pollfd *fds;
-  pworker **fdw;           /* the worker of each fds[i] */
-} procpool;
 
 #define PP(s) ((procpool *)(s))
 
@@ -179,45 +100,7 @@ static void drop_all(loom_future *list) {
 ** Released when the task's result (or READY, for the setup) comes.
 */
 static int charge(pworker *w, size_t n) {
-  return (int)((n + PAGE - 1) / PAGE) + (w->pages > 0);
-}
-
-/* Map the down region for a payload of len bytes, growing it. */
-static int down_reserve(pworker *w, size_t len) {
-  size_t need, size;
-  void *m;
-  if (len > SIZE_MAX / 2 - LOOM_PW_DATA) return -1;
-  need = LOOM_PW_DATA + len;
-  if (w->downmap >= need) return 0;
-  size = w->downmap * 2 > need ? w->downmap * 2 : need;
-  size = (size + PAGE - 1) / PAGE * PAGE;
-  if (ftruncate(w->downfd, (off_t)size) != 0) return -1;
-  m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, w->downfd, 0);
-  if (m == MAP_FAILED) return -1;
-  if (w->down) munmap(w->down, w->downmap);
-  w->down = (unsigned char *)m;
-  w->downmap = size;
-  return 0;
-}
-
-int loom_pw_write(int fd, struct iovec *iov, int n) {
-  while (n > 0) {
-    ssize_t k = writev(fd, iov, n);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    while (n > 0 && (size_t)k >= iov->iov_len) {
-      k -= (ssize_t)iov->iov_len;
-      iov++;
-      n--;
-    }
-    if (n > 0) {
-      iov->iov_base = (char *)iov->iov_base + k;
-      iov->iov_len -= (size_t)k;
-    }
-  }
-  return 0;
+  return (int)((n + LOOM_PW_PAGE - 1) / LOOM_PW_PAGE) + (w->pages > 0);
 }
 
 /* Whether w can take a task with a payload of len bytes now, and how:
@@ -302,7 +185,7 @@ static int send_locked(procpool *p, pworker *w, loom_future *f, int shm,
   fr->nseq = f->nseq;
   fr->kind = LOOM_PW_TASK;
   if (shm) {
-    if (down_reserve(w, m->len) != 0) {
+    if (loom_pw_reserve(w, m->len) != 0) {
       loom_future_fail_locked(f, "transfer", "not enough memory to send "
                               "the task to a worker process");
       drop_later(drop, f);
@@ -477,7 +360,7 @@ static void pp_free(loom_sched *s) {
   /* the manager has ended and reaped every worker */
   for (i = 0; p->w && i < p->nworkers; i++) {
     pworker *w = &p->w[i];
-    if (w->ctl) munmap(w->ctl, PAGE);
+    if (w->ctl) munmap(w->ctl, LOOM_PW_PAGE);
     if (w->down) munmap(w->down, w->downmap);
     if (w->up) munmap(w->up, w->upmap);
     if (w->ctlfd >= 0) close(w->ctlfd);
@@ -502,150 +385,6 @@ static const loom_sched_ops procpool_ops = {
   pp_submit, pp_cancel, pp_shutdown, pp_join, pp_nworkers, pp_free
 };
 
-/* ------------------------------------------------------------- spawning */
-
-/* fd moved to a number >= LOOM_PW_NFD (close-on-exec), so that the
-** child's dup2s into 3..7 cannot overwrite one another's source. */
-static int high_fd(int fd) {
-  int h;
-  if (fd >= LOOM_PW_NFD) return fd;
-  h = fcntl(fd, F_DUPFD_CLOEXEC, LOOM_PW_NFD);
-  close(fd);
-  return h;
-}
-
-static int new_memfd(const char *name, int *fd) {
-  if (*fd >= 0) return 0;
-  *fd = memfd_create(name, MFD_CLOEXEC);
-  if (*fd >= 0) *fd = high_fd(*fd);
-  return *fd >= 0 ? 0 : -1;
-}
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
-  *fd = -1;
-}
-
-/*
-** Start the process of worker w (mu not held; w is W_STARTING, so no
-** other thread looks at it).  0, or -1 with the reason in err[].
-*/
-static int spawn_worker(procpool *p, pworker *w, char *err, size_t errlen) {
-  int tp[2] = { -1, -1 }, rp[2] = { -1, -1 }, child[5], i, rc;
-  posix_spawn_file_actions_t fa;
-  posix_spawnattr_t attr;
-  sigset_t none, all;
-  char *argv[4];
-  loom_pwframe fr;
-  pid_t pid;
-  const char *what = "cannot create a pipe";
-  if (new_memfd("loom-ctl", &w->ctlfd) != 0
-      || new_memfd("loom-down", &w->downfd) != 0
-      || new_memfd("loom-up", &w->upfd) != 0) {
-    what = "cannot create shared memory";
-    goto fail;
-  }
-  if (w->ctl == NULL) {
-    void *m;
-    if (ftruncate(w->ctlfd, PAGE) != 0
-        || (m = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
-                     w->ctlfd, 0)) == MAP_FAILED) {
-      what = "cannot map shared memory";
-      goto fail;
-    }
-    w->ctl = (loom_pwctl *)m;
-  }
-  memset(w->ctl, 0, sizeof *w->ctl);
-  if (down_reserve(w, p->setuplen) != 0) {
-    what = "cannot map shared memory";
-    goto fail;
-  }
-  memcpy(w->down + LOOM_PW_DATA, p->setup, p->setuplen);
-  if (pipe2(tp, O_CLOEXEC) != 0 || pipe2(rp, O_CLOEXEC) != 0) goto fail;
-  fcntl(tp[1], F_SETPIPE_SZ, PIPE_BYTES);   /* a smaller pipe works too */
-  fcntl(rp[1], F_SETPIPE_SZ, PIPE_BYTES);
-  rc = fcntl(tp[1], F_GETPIPE_SZ);
-  w->maxpages = rc > 0 ? rc / PAGE : 1;
-  fcntl(rp[0], F_SETFL, O_NONBLOCK);
-  /* Never blocks by the count of pages; if it ever would, the worker is
-  ** ended (its tasks go to another), not the pool stalled. */
-  fcntl(tp[1], F_SETFL, O_NONBLOCK);
-  tp[0] = high_fd(tp[0]);
-  rp[1] = high_fd(rp[1]);
-  if (tp[0] < 0 || rp[1] < 0) goto fail;
-  child[0] = tp[0];
-  child[1] = rp[1];
-  child[2] = w->ctlfd;
-  child[3] = w->downfd;
-  child[4] = w->upfd;
-  posix_spawn_file_actions_init(&fa);
-  for (i = 0; i < 5; i++)
-    posix_spawn_file_actions_adddup2(&fa, child[i], LOOM_PW_TASKS + i);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
-  posix_spawn_file_actions_addclosefrom_np(&fa, LOOM_PW_NFD);
-#endif
-  posix_spawnattr_init(&attr);
-  sigemptyset(&none);
-  sigfillset(&all);
-  sigdelset(&all, SIGKILL);
-  sigdelset(&all, SIGSTOP);
-  posix_spawnattr_setsigmask(&attr, &none);      /* the manager blocks all */
-  posix_spawnattr_setsigdefault(&attr, &all);    /* nothing ignored */
-  posix_spawnattr_setpgroup(&attr, 0);           /* a group of its own */
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP
-                           | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  argv[0] = p->interpreter;
-  argv[1] = (char *)"-e";
-  argv[2] = p->chunk;
-  argv[3] = NULL;
-  rc = posix_spawnp(&pid, p->interpreter, &fa, &attr, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  close_fd(&rp[1]);
-  if (rc != 0) {
-    if (rc == ENOENT)
-      snprintf(err, errlen, "cannot start a worker process: interpreter "
-               "'%s' not found", p->interpreter);
-    else
-      snprintf(err, errlen, "cannot start a worker process with "
-               "interpreter '%s': %s", p->interpreter, strerror(rc));
-    close_fd(&tp[0]);
-    close_fd(&tp[1]);
-    close_fd(&rp[0]);
-    return -1;
-  }
-  w->pid = pid;
-#ifdef SYS_pidfd_open
-  w->pidfd = p->use_pidfd ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
-#else
-  w->pidfd = -1;
-#endif
-  w->tfd = tp[1];
-  w->tkeep = tp[0];
-  w->rfd = rp[0];
-  /* the setup, in the down region: the pipe is empty, this cannot block */
-  memset(&fr, 0, sizeof fr);
-  fr.kind = LOOM_PW_SETUP;
-  fr.flags = LOOM_PW_SHM;
-  fr.len = p->setuplen;
-  {
-    struct iovec iov;
-    iov.iov_base = &fr;
-    iov.iov_len = sizeof fr;
-    loom_pw_write(w->tfd, &iov, 1);   /* if it fails, the worker ends: seen */
-  }
-  return 0;
-fail:
-  snprintf(err, errlen, "%s for a worker process: %s", what,
-           strerror(errno));
-  close_fd(&tp[0]);
-  close_fd(&tp[1]);
-  close_fd(&rp[0]);
-  close_fd(&rp[1]);
-  return -1;
-}
-
 /* Start workers for the free slots while the pool has a use for them
 ** (mu held; released around each spawn). */
 static void spawn_missing_locked(procpool *p, loom_future **drop) {
@@ -658,7 +397,7 @@ static void spawn_missing_locked(procpool *p, loom_future **drop) {
     if (p->broken || (p->stopping && p->q.head == NULL)) return;
     w->state = W_STARTING;
     pthread_mutex_unlock(&p->base.mu);
-    r = spawn_worker(p, w, err, sizeof err);
+    r = loom_pw_spawn(p, w, err, sizeof err);
     pthread_mutex_lock(&p->base.mu);
     if (r != 0) {
       w->state = W_FREE;
@@ -794,27 +533,6 @@ static void pull(procpool *p, pworker *w, int drain) {
   }
 }
 
-/* Its end, in words, for a 'crashed' error. */
-static void describe_end(pworker *w, char *buf, size_t len) {
-  int st = w->status;
-  if (w->why)
-    snprintf(buf, len, "worker process %d %s", (int)w->pid, w->why);
-  else if (st >= 0 && WIFSIGNALED(st)) {
-    int sig = WTERMSIG(st);
-    const char *name = sig == SIGKILL ? " (SIGKILL)" : sig == SIGSEGV
-        ? " (SIGSEGV)" : sig == SIGABRT ? " (SIGABRT)" : sig == SIGBUS
-        ? " (SIGBUS)" : sig == SIGTERM ? " (SIGTERM)" : sig == SIGFPE
-        ? " (SIGFPE)" : "";
-    snprintf(buf, len, "worker process %d was killed by signal %d%s",
-             (int)w->pid, sig, name);
-  }
-  else if (st >= 0 && WIFEXITED(st))
-    snprintf(buf, len, "worker process %d exited with status %d",
-             (int)w->pid, WEXITSTATUS(st));
-  else
-    snprintf(buf, len, "worker process %d ended", (int)w->pid);
-}
-
 static const char *static_kind(const char *k) {
   static const char *const kinds[] = { "transfer", "cancelled", "timeout",
                                        "shutdown", "broken", "closed",
@@ -908,7 +626,7 @@ static void bury_locked(procpool *p, pworker *w, loom_future **drop) {
   int i, n = w->nflight;
   loom_future *again[LOOM_PW_DEPTH];
   int nagain = 0;
-  describe_end(w, why, sizeof why);
+  loom_pw_describe_end(w, why, sizeof why);
   for (i = 0; i < n; i++) {
     uint64_t seq = w->seq0 + (uint64_t)i;
     int k = (int)(seq % LOOM_PW_DEPTH);
@@ -940,10 +658,10 @@ static void bury_locked(procpool *p, pworker *w, loom_future **drop) {
     break_locked(p, msg, drop);
   }
   if (p->broken) break_locked(p, p->broken, drop);   /* the ones above */
-  close_fd(&w->tfd);
-  close_fd(&w->tkeep);
-  close_fd(&w->rfd);
-  close_fd(&w->pidfd);
+  loom_pw_closefd(&w->tfd);
+  loom_pw_closefd(&w->tkeep);
+  loom_pw_closefd(&w->rfd);
+  loom_pw_closefd(&w->pidfd);
   w->inlen = 0;   /* a partial frame of the dead: dropped */
   w->state = W_FREE;
   w->nflight = 0;
@@ -1023,7 +741,10 @@ static void *manager_main(void *arg) {
     if (p->stopping && p->q.head == NULL)
       for (i = 0; i < p->nworkers; i++) close_tasks_locked(&p->w[i]);
     next = check_deadlines_locked(p);
-    timeout = next < 0 ? -1 : (int)(next * 1000) + 1;
+    /* poll counts milliseconds in an int: a deadline further off (a
+    ** task_timeout of weeks or more) is looked at again then */
+    timeout = next < 0 ? -1 : next >= INT_MAX / 1000 ? INT_MAX
+                                                     : (int)(next * 1000) + 1;
     p->fds[0].fd = p->wakefd;
     p->fds[0].events = POLLIN;
     for (i = 0; i < p->nworkers; i++) {
@@ -1083,132 +804,11 @@ static void *manager_main(void *arg) {
 
 /* ----------------------------------------------------------------- pool */
 
-/* The path of this core.so, for the workers to load: from the mapping
-** that holds this code (absolute, whatever the current directory). */
-static char *core_path(void) {
-  unsigned long lo, hi, here = (unsigned long)(size_t)&core_path;
-  char line[4096 + 128];
-  char *found = NULL;
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (f == NULL) return NULL;
-  while (found == NULL && fgets(line, sizeof line, f) != NULL) {
-    char *path;
-    if (sscanf(line, "%lx-%lx", &lo, &hi) != 2 || here < lo || here >= hi)
-      continue;
-    path = strchr(line, '/');
-    if (path) {
-      size_t n = strcspn(path, "\n"), d = sizeof " (deleted)" - 1;
-      /* replaced since it was loaded (an upgrade): the file there now */
-      if (n > d && memcmp(path + n - d, " (deleted)", d) == 0) n -= d;
-      path[n] = '\0';
-      found = loom_strdup(path);
-    }
-  }
-  fclose(f);
-  return found;
-}
-
-static int same_file(const char *path, const struct stat *b) {
-  struct stat a;
-  return stat(path, &a) == 0 && a.st_dev == b->st_dev
-         && a.st_ino == b->st_ino;
-}
-
-/* A core built with a sanitizer loads only into an interpreter built with
-** it (the specs' host, spec/host/host.c): the running one. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
-
-char *loom_procpool_interpreter(const char *argv0) {
-  struct stat exe;
-  char buf[PATH_MAX];
-  int match = SANITIZED;
-  if (!match && argv0 != NULL && *argv0 && stat("/proc/self/exe", &exe) == 0) {
-    if (strchr(argv0, '/')) match = same_file(argv0, &exe);
-    else {   /* as the shell found it: along PATH */
-      const char *path = getenv("PATH"), *s;
-      for (s = path; s && *s && !match; s += *s == ':') {
-        size_t n = strcspn(s, ":");
-        if (n > 0 && n + strlen(argv0) + 2 <= sizeof buf) {
-          memcpy(buf, s, n);
-          buf[n] = '/';
-          strcpy(buf + n + 1, argv0);
-          match = same_file(buf, &exe);
-        }
-        s += n;
-      }
-    }
-  }
-  if (match) {
-    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n > 0) {
-      buf[n] = '\0';
-      return loom_strdup(buf);
-    }
-  }
-  return loom_strdup("lua5.4");
-}
-
-/* The -e chunk of a worker: load this core.so, run the worker loop. */
-static char *worker_chunk(const char *core) {
-  static const char fmt[] =
-      "local open, err = package.loadlib([%s[%s]%s], 'luaopen_loom_core') "
-      "if not open then io.stderr:write('loom worker: ', err, '\\n') "
-      "os.exit(70) end "
-      "os.exit(open()._process_worker(%ld))";
-  char eq[16] = "";
-  size_t n;
-  char *chunk;
-  int level;
-  for (level = 0; level < 12; level++) {   /* a long bracket not in core */
-    char close[20];
-    snprintf(close, sizeof close, "]%s]", eq);
-    if (strstr(core, close) == NULL) break;
-    strcat(eq, "=");
-  }
-  n = sizeof fmt + 2 * strlen(eq) + strlen(core) + 32;
-  chunk = (char *)loom_malloc(n);
-  if (chunk) snprintf(chunk, n, fmt, eq, core, eq, (long)getpid());
-  return chunk;
-}
-
-/* The setup payload (loom.h): limit, path, cpath, init. */
-static unsigned char *make_setup(const loom_pool_config *c, size_t *len) {
-  uint64_t h[4];
-  size_t lp = c->path ? strlen(c->path) : 0, lc = c->cpath ? strlen(c->cpath)
-                                                           : 0;
-  size_t li = c->init ? c->init->len : 0, n = sizeof h + lp + lc + li;
-  unsigned char *s = (unsigned char *)loom_malloc(n), *q;
-  if (s == NULL) return NULL;
-  h[0] = c->memory_limit;
-  h[1] = c->path ? lp : UINT64_MAX;
-  h[2] = c->cpath ? lc : UINT64_MAX;
-  h[3] = c->init ? li : UINT64_MAX;
-  memcpy(s, h, sizeof h);
-  q = s + sizeof h;
-  if (lp) memcpy(q, c->path, lp);
-  q += lp;
-  if (lc) memcpy(q, c->cpath, lc);
-  q += lc;
-  if (li) memcpy(q, c->init->data, li);
-  *len = n;
-  return s;
-}
-
 loom_sched *loom_procpool_new(loom_procpool_config *cfg, const char **err) {
   procpool *p = (procpool *)loom_malloc(sizeof *p);
   pthread_condattr_t ca;
   pthread_attr_t attr;
   sigset_t all, old;
-  char *core;
   int i, n = cfg->base.workers, rc;
   *err = "not enough memory";
   if (p == NULL) return NULL;
@@ -1236,29 +836,11 @@ loom_sched *loom_procpool_new(loom_procpool_config *cfg, const char **err) {
   p->fds = (struct pollfd *)loom_malloc(sizeof(struct pollfd)
                                         * (size_t)(2 * n + 1));
   p->fdw = (pworker **)loom_malloc(sizeof(pworker *) * (size_t)(2 * n + 1));
-  /* a path is made absolute now: the current directory may change */
-  if (cfg->interpreter && strchr(cfg->interpreter, '/')
-      && cfg->interpreter[0] != '/') {
-    char cwd[PATH_MAX];
-    size_t len = strlen(cfg->interpreter) + 2;
-    if (getcwd(cwd, sizeof cwd) != NULL
-        && (p->interpreter = (char *)loom_malloc(strlen(cwd) + len)) != NULL)
-      sprintf(p->interpreter, "%s/%s", cwd, cfg->interpreter);
-  }
-  if (p->interpreter == NULL)
-    p->interpreter = loom_strdup(cfg->interpreter ? cfg->interpreter
-                                                  : "lua5.4");
-  p->setup = make_setup(&cfg->base, &p->setuplen);
-  core = core_path();
-  p->chunk = core ? worker_chunk(core) : NULL;
-  if (p->w == NULL || p->dones == NULL || p->fds == NULL || p->fdw == NULL
-      || p->interpreter == NULL || p->setup == NULL || p->chunk == NULL) {
-    if (core == NULL) *err = "cannot find the path of loom's core module";
-    loom_free(core);
+  if (loom_pw_program(p, cfg, err) != 0 || p->w == NULL || p->dones == NULL
+      || p->fds == NULL || p->fdw == NULL) {
     loom_sched_decref(&p->base);
     return NULL;
   }
-  loom_free(core);
   /* Without pidfd (old kernels; valgrind, which warns on each call),
   ** end-of-file on the result pipe tells of a death. */
   {

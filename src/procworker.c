@@ -31,7 +31,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
-#include "loom.h"
+#include "proc.h"
 
 #define BIG_TASK (1u << 20)   /* bytes of payload */
 
@@ -289,7 +289,8 @@ static int read_setup(wstate *w, setup *su) {
   return 0;
 }
 
-static int worker_loop(wstate *w, lua_Integer ppid) {
+static int worker_loop(wstate *w, lua_Integer ppid,
+                       lua_CFunction open_core) {
   setup su;
   loom_memlimit ml;
   lua_State *W;
@@ -328,7 +329,7 @@ static int worker_loop(wstate *w, lua_Integer ppid) {
   if (su.limit > 0) limit_address_space((size_t)su.limit);
   W = su.limit > 0 ? lua_newstate(loom_lua_alloc_limited, &ml)
                    : lua_newstate(loom_lua_alloc, NULL);
-  err = W ? loom_task_setup(W, su.path, su.cpath, su.init, NULL)
+  err = W ? loom_task_setup(W, open_core, su.path, su.cpath, su.init, NULL)
           : loom_strdup("cannot create a worker state");
   loom_free(su.path);
   loom_free(su.cpath);
@@ -350,16 +351,14 @@ static int worker_loop(wstate *w, lua_Integer ppid) {
   return 0;
 }
 
-int loom_process_worker(lua_State *L) {
-  lua_Integer ppid = luaL_checkinteger(L, 1);
+int loom_process_worker(lua_Integer ppid, lua_CFunction open_core) {
   wstate w;
   int code;
   memset(&w, 0, sizeof w);
-  code = worker_loop(&w, ppid);
+  code = worker_loop(&w, ppid, open_core);
   if (w.ctl) munmap(w.ctl, sizeof(loom_pwctl));
   if (w.down) munmap(w.down, w.downmap);
   if (w.up) munmap(w.up, w.upmap);
   loom_free(w.in);
-  lua_pushinteger(L, code);
-  return 1;
+  return code;
 }

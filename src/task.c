@@ -15,6 +15,8 @@
 ** stop is asked for.  The hook must reach the coroutine that runs, so a
 ** worker state's coroutine.resume and coroutine.wrap keep the chain of
 ** coroutines being resumed where a stopper can see it (loom_intr).
+**
+** ex:map (above: lua_executor.c's _map_task; below: encode.c): run_chunk.
 */
 #include <stdio.h>
 #include <string.h>
@@ -50,12 +52,19 @@ static void push_traceback(lua_State *L) {
 #define result_refs(f) (((f)->xflags & LOOM_TASK_SELFCONTAINED) \
                         ? LOOM_REFS_PROCESS : LOOM_REFS_THREADS)
 
+/* The n values at first, a map chunk's results, as one list (see
+** run_chunk). */
+static loom_msg *encode_list(lua_State *L, int first, int n, int refs) {
+  loom_encode_opts o = { .place = LOOM_AT_RESULT, .refs = refs, .list = 1 };
+  return loom_encode_with(L, first, n, &o);
+}
+
 /* Protected: [1] = loom_msg **out or NULL (only check), [2] = refs mode,
 ** then the values to encode as results. */
 static int encode_k(lua_State *L) {
   loom_msg **out = (loom_msg **)lua_touserdata(L, 1);
-  loom_msg *m = loom_encode_mode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
-                                 (int)lua_tointeger(L, 2), 0, 0, 0);
+  loom_msg *m = loom_encode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
+                            (int)lua_tointeger(L, 2));
   if (out) *out = m;
   else loom_msg_free(m);
   return 0;
@@ -65,8 +74,7 @@ static int encode_k(lua_State *L) {
 ** chunk's list. */
 static int encode_list_k(lua_State *L) {
   *(loom_msg **)lua_touserdata(L, 1) =
-      loom_encode_mode(L, 3, lua_gettop(L) - 2, LOOM_AT_RESULT, 0,
-                       (int)lua_tointeger(L, 2), 1, 0, 0);
+      encode_list(L, 3, lua_gettop(L) - 2, (int)lua_tointeger(L, 2));
   return 0;
 }
 
@@ -216,8 +224,7 @@ static int run_chunk(lua_State *L, loom_future *f, loom_outcome *o,
     lua_pop(L, 1);
   }
   chunk_fixup(L, out, k, result_refs(f));
-  o->result = loom_encode_mode(L, out + 1, lua_gettop(L) - out,
-                               LOOM_AT_RESULT, 0, result_refs(f), 1, 0, 0);
+  o->result = encode_list(L, out + 1, lua_gettop(L) - out, result_refs(f));
   return 0;
 }
 /*
@@ -252,8 +259,8 @@ static int run_task(lua_State *L) {
   if (f->nchunk > 0) return run_chunk(L, f, o, base, n);
   st = lua_pcall(L, n - 1, LUA_MULTRET, 1);
   if (st == LUA_OK) {
-    o->result = loom_encode_mode(L, base + 1, lua_gettop(L) - base,
-                                 LOOM_AT_RESULT, 0, result_refs(f), 0, 0, 0);
+    o->result = loom_encode(L, base + 1, lua_gettop(L) - base,
+                            LOOM_AT_RESULT, 0, result_refs(f));
     return 0;
   }
   if (st == LUA_ERRMEM) rc->errmem = 1;
@@ -262,8 +269,7 @@ static int run_task(lua_State *L) {
   crossable_error(L, st, result_refs(f));
   push_traceback(L);
   o->failed = 1;
-  o->result = loom_encode_mode(L, st, 2, LOOM_AT_VALUE, 0, result_refs(f),
-                               0, 0, 0);
+  o->result = loom_encode(L, st, 2, LOOM_AT_VALUE, 0, result_refs(f));
   return 0;
 }
 
@@ -444,7 +450,7 @@ static int tracked_resume(lua_State *L, lua_State *co, int narg,
                           int *nres) {
   loom_intr *in = intr_of(L);
   int st, n = 0;
-  if (in != NULL && (n = atomic_load(&in->nchain)) < 64) {
+  if (in != NULL && (n = atomic_load(&in->nchain)) < LOOM_CHAIN_MAX) {
     atomic_store(&in->chain[n], (uintptr_t)co);
     atomic_store(&in->nchain, n + 1);
     if (atomic_load(&in->stop) == atomic_load(&in->gen)) sethook_stop(co);
@@ -556,7 +562,7 @@ static int worker_xpcall(lua_State *L) {
   return finishpcall(L, status, 2);
 }
 
-int loom_open_worker_state(lua_State *L) {
+void loom_open_worker_state(lua_State *L, lua_CFunction open_core) {
   intr_of(L) = NULL;
   luaL_openlibs(L);
   lua_getglobal(L, "os");
@@ -575,25 +581,25 @@ int loom_open_worker_state(lua_State *L) {
   lua_pushcfunction(L, co_wrap);
   lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
-  luaL_requiref(L, "loom.core", luaopen_loom_core, 0);
+  luaL_requiref(L, "loom.core", open_core, 0);
   lua_pop(L, 1);
   /* before any user code can change the libraries; print, os.exit,
   ** pcall, xpcall and the coroutine functions are named as usual, so they
   ** cross as the receiver's own */
   loom_cfuncs_init(L);
-  return 0;
 }
 
 /* Protected: [1] = path, [2] = cpath, [3] = init message, [4] = interrupt
-** point; set the state up and run init. */
+** point, [5] = the opener of loom.core; set the state up and run init. */
 static int task_setup(lua_State *L) {
   const char *path = (const char *)lua_touserdata(L, 1);
   const char *cpath = (const char *)lua_touserdata(L, 2);
   const loom_msg *init = (const loom_msg *)lua_touserdata(L, 3);
   loom_intr *in = (loom_intr *)lua_touserdata(L, 4);
+  lua_CFunction open_core = lua_tocfunction(L, 5);
   int n;
   lua_settop(L, 0);
-  loom_open_worker_state(L);
+  loom_open_worker_state(L, open_core);
   if (in != NULL) {
     /* before any coroutine is made: each copies the main thread's */
     intr_of(L) = in;
@@ -621,7 +627,8 @@ static int task_setup(lua_State *L) {
   return 0;
 }
 
-char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
+char *loom_task_setup(lua_State *L, lua_CFunction open_core,
+                      const char *path, const char *cpath,
                       const loom_msg *init, loom_intr *in) {
   char *err = NULL;
   lua_settop(L, 0);
@@ -630,7 +637,8 @@ char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
   lua_pushlightuserdata(L, (void *)cpath);
   lua_pushlightuserdata(L, (void *)init);
   lua_pushlightuserdata(L, in);
-  if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+  lua_pushcfunction(L, open_core);   /* a light C function: no allocation */
+  if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
     err = safe_error_text(L, -1);
     if (err == NULL) err = loom_strdup("not enough memory");
   }
@@ -642,7 +650,6 @@ char *loom_task_setup(lua_State *L, const char *path, const char *cpath,
   }
   return err;
 }
-
 
 /* ------------------------------------------------------------- preload */
 

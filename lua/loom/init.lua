@@ -242,14 +242,13 @@ local function options(opts, n, fname, spec, positional)
   return check_options(opts, n, fname, spec, positional)
 end
 
-local WORKERS_MAX = 4096
-
--- The options of loom.executor.  loom.process_executor takes these and
--- its own: a copy of this table with max_tasks_per_child =
--- rules.integer(1) and interpreter = rules.type("string") added, checked
--- by executor_options(opts, "process_executor", that table).
+-- The options of executors are checked here, and only here: once for
+-- every kind of executor, one rule and one message per mistake (the C
+-- side trusts them; see src/loom.h). EXECUTOR_OPTIONS are the ones every
+-- kind takes; a kind adds its own (executor_kind). The most workers is
+-- the core's constant.
 local EXECUTOR_OPTIONS = {
-  workers = rules.integer(1, WORKERS_MAX),
+  workers = rules.integer(1, core._WORKERS_MAX),
   init = rules.type("function"),
   init_args = rules.sequence,
   name = rules.type("string"),
@@ -257,7 +256,24 @@ local EXECUTOR_OPTIONS = {
   memory_limit = rules.integer(1),
 }
 
--- The options of an executor, checked (opts: nil, a number or a table).
+-- The options of a kind of executor: EXECUTOR_OPTIONS and its own (a
+-- table name -> rule). A kind to come (loom.cluster_executor) makes its
+-- spec so and checks with executor_options, as the two below do.
+local function executor_kind(own)
+  local spec = {}
+  for k, rule in pairs(EXECUTOR_OPTIONS) do spec[k] = rule end
+  for k, rule in pairs(own) do spec[k] = rule end
+  return spec
+end
+
+local THREAD_OPTIONS = executor_kind {}
+local PROCESS_OPTIONS = executor_kind {
+  max_tasks_per_child = rules.integer(1),
+  interpreter = rules.type("string"),
+}
+
+-- The options of an executor of kind spec, checked (opts: nil, a number
+-- or a table).
 local function executor_options(opts, fname, spec)
   if type(opts) == "number" then opts = { workers = opts }
   elseif opts ~= nil and type(opts) ~= "table" then
@@ -291,15 +307,8 @@ end
 -- task_timeout, memory_limit}.
 function loom.executor(opts)
   return construct(core.executor, executor_options(opts, "executor",
-                                                   EXECUTOR_OPTIONS))
+                                                   THREAD_OPTIONS))
 end
-
--- The options of loom.process_executor: the executor's and its own.
-local PROCESS_OPTIONS = {
-  max_tasks_per_child = rules.integer(1),
-  interpreter = rules.type("string"),
-}
-for k, rule in pairs(EXECUTOR_OPTIONS) do PROCESS_OPTIONS[k] = rule end
 
 -- loom.process_executor([opts]) -> executor on worker processes
 -- opts: as loom.executor's (name is accepted and not used), and
@@ -499,7 +508,7 @@ local function progress_bar()
 end
 
 -- ex:map(fn, seq1, ...) or ex:map{fn, seq1, ..., timeout =, chunksize =,
--- progress =}
+-- progress =}  (below: _map_task and _map_iter in src/lua_executor.c)
 -- Submits every call at once; iterates i, results... in input order.
 function Executor:map(fn, ...)
   local _, _, shut = core.is_executor(self)

@@ -11,10 +11,10 @@
 **      table with kind "transfer"; anything else aborts.
 **
 **  (b) if (a) produced a value: the copier's path into another state.  The
-**      value is encoded again (loom_encode(L, idx, 1, LOOM_AT_VALUE, 0, 0)),
-**      which must succeed, and that message is decoded in a second state
-**      built like a worker's (loom_lua_alloc + loom_open_worker_state) and
-**      encoded there once more.  The bytes of the two encodings are NOT
+**      value is encoded again (loom_encode, LOOM_REFS_NONE), which must
+**      succeed, and that message is decoded in a second state built like
+**      a worker's (loom_lua_alloc + loom_open_worker_state) and encoded
+**      there once more.  The bytes of the two encodings are NOT
 **      compared: lua_next order differs between states (string hashes are
 **      seeded per state), so table entries and object numbers come out in
 **      another order.  Instead both copies get an order-independent
@@ -157,7 +157,7 @@ static void neutralize(lua_State *L) {
 ** same C function in both, which the fingerprints compare by address;
 ** the first also gets 'loom.core' as a global library, as a host has it. */
 static int open_primary(lua_State *L) {
-  loom_open_worker_state(L);
+  loom_open_worker_state(L, luaopen_loom_core);
   luaL_requiref(L, "loom.core", luaopen_loom_core, 1);
   lua_pop(L, 1);
   neutralize(L);
@@ -166,7 +166,8 @@ static int open_primary(lua_State *L) {
 }
 
 static int open_secondary(lua_State *L) {
-  loom_open_worker_state(L);   /* builds the C function map ... */
+  /* builds the C function map ... */
+  loom_open_worker_state(L, luaopen_loom_core);
   neutralize(L);
   loom_cfuncs_init(L);         /* ... so build it again */
   return 0;
@@ -216,7 +217,7 @@ static int p_decode(lua_State *L) {
 static int p_encode(lua_State *L) {
   job *j = (job *)lua_touserdata(L, 1);
   int top = lua_gettop(L);
-  j->out = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, 0);
+  j->out = loom_encode(L, 2, 1, LOOM_AT_VALUE, 0, LOOM_REFS_NONE);
   if (lua_gettop(L) != top)
     fail("loom_encode changed the stack from %d to %d", top, lua_gettop(L));
   return 0;

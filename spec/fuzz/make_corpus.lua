@@ -20,7 +20,7 @@ local loom = require "loom"
 
 local M = {}
 
--- Tags of the format (the enum at the top of src/transfer.c).
+-- Tags of the format (LOOM_T_* in src/loom.h).
 local T = {
   NIL = 0, FALSE = 1, TRUE = 2, INT = 3, INT8 = 4, FLT = 5, STR = 6,
   TABLE = 7, FUNC = 8, CFUNC = 9, REF = 10, ENV = 11, CHAN = 12, JOIN = 13,
